@@ -1,0 +1,84 @@
+"""How selection scales: seconds per similar/contrastive round over pools of 1k, 10k, 100k created examples.
+
+Each round adds 5 new examples to the pool (one request's worth) and picks the next formatting example
+from the whole pool, as a run that compares against everything created so far would. The pool's vectors
+are cached by the strategy, so a round embeds only the new items; the one-off time to embed the pool is
+reported separately. Goal: < 1 s per round at 100k. Last line: one JSON object.
+
+Run: .venv/bin/python benchmarks/selection_scale.py [--sizes 1000 10000 100000] [--rounds 5]
+"""
+import argparse, json, random, statistics, time
+
+from datacreator_nb.sampling import Contrastive, Similar, question_text
+
+STARTS = ["Why does", "How can", "What happens when", "Is it true that", "Where would you usually find", "Which of these",
+          "How do you", "What is the best way to", "Can a", "Why would someone"]
+WORDS = """water bread cheese garden flower tree river mountain city village school teacher student doctor nurse hospital
+train station airport ticket window door kitchen oven fridge table chair pillow blanket winter summer autumn spring rain snow
+storm wind cloud sun moon planet star ocean island beach sand stone glass metal wood paper plastic rope nail hammer saw
+knife spoon fork plate cup bottle coffee tea milk sugar salt pepper soup rice apple orange banana lemon tomato potato onion
+carrot horse dog cat bird fish cow sheep goat chicken egg farmer market shop money price bank letter phone computer screen
+keyboard music song guitar piano drum painting museum library book story poem history science math language word sentence
+question answer friend family child parent brother sister neighbour game ball team player match goal race bicycle car bus
+road bridge tunnel map compass light lamp candle fire smoke ash heat cold ice steam cloth shirt shoe hat coat button needle
+thread soap towel bath shower mirror brush comb tooth hair skin bone heart lung blood medicine fever cough sleep dream
+morning evening night clock calendar birthday holiday gift party dance paint colour red blue green yellow heavy light
+soft hard warm cool wet dry loud quiet fast slow tall short young old new broken clean dirty empty full sharp blunt bright
+dark sweet sour bitter fresh stale strong weak keep carry break fix open close build cook bake boil freeze melt grow cut
+wash dry fold push pull throw catch climb swim fly drive ride walk run jump sing read write count measure weigh choose""".split()
+WEIGHTS = [1 / (i + 1) ** 0.8 for i in range(len(WORDS))]   # Zipf-like: a few words are common, most are rare
+
+
+def synthetic_examples(n: int, rng: random.Random) -> list[dict]:
+    "n MCQA-shaped examples whose questions are 10-25 words drawn from the word bank."
+    out = []
+    for _ in range(n):
+        start = rng.choice(STARTS)
+        words = rng.choices(WORDS, WEIGHTS, k=rng.randint(10, 25) - len(start.split()))
+        out.append({"question": f"{start} {' '.join(words)}?", "context": None, "options": rng.sample(WORDS, 2), "answer": None})
+    return out
+
+
+def measure_selection(size: int, rounds: int, new_per_round: int = 5, seed: int = 0) -> list[dict]:
+    "One-off pool embedding time and seconds per selection round, for similar and contrastive, at one pool size."
+    rng = random.Random(seed)
+    pool = synthetic_examples(size, rng)
+    rows = []
+    for strategy in (Similar(), Contrastive()):
+        t = time.perf_counter()
+        strategy.cache.rows([question_text(ex) for ex in pool])
+        embed_seconds = time.perf_counter() - t
+        current, grown, times = [pool[0]], list(pool), []
+        for _ in range(rounds):
+            grown += synthetic_examples(new_per_round, rng)
+            t = time.perf_counter()
+            current = strategy.pick(current, grown, rng)
+            times.append(time.perf_counter() - t)
+        rows.append(dict(strategy=strategy.name, pool=size, embed_pool_s=embed_seconds,
+                         round_mean_s=statistics.mean(times), round_max_s=max(times)))
+    return rows
+
+
+def measure_overhead_share(n_examples: int = 2000):
+    "Share of wall time spent outside LLM calls in a 2,000-example run against the local server (needs the creation loop)."
+    raise NotImplementedError("needs the creation loop of nbs/05_create.ipynb; the lead adds this measurement")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--sizes', type=int, nargs='+', default=[1_000, 10_000, 100_000])
+    ap.add_argument('--rounds', type=int, default=5)
+    args = ap.parse_args()
+    rows = [r for size in args.sizes for r in measure_selection(size, args.rounds)]
+    print(f"{'strategy':<12} {'pool':>8} {'embed pool (s)':>15} {'round mean (s)':>15} {'round max (s)':>14}")
+    for r in rows:
+        print(f"{r['strategy']:<12} {r['pool']:>8,} {r['embed_pool_s']:>15.3f} {r['round_mean_s']:>15.4f} {r['round_max_s']:>14.4f}")
+    biggest = max(args.sizes)
+    at_biggest = [r for r in rows if r['pool'] == biggest]
+    result = {f"select_seconds_{biggest // 1000}k": max(r['round_mean_s'] for r in at_biggest),
+              f"embed_pool_seconds_{biggest // 1000}k": max(r['embed_pool_s'] for r in at_biggest)}
+    print(json.dumps(result))
+
+
+if __name__ == '__main__':
+    main()
