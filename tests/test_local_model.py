@@ -1,0 +1,112 @@
+"""The embedded model: found, served on loopback, stopped whatever happens, and it writes examples that fit the schema."""
+import json, os, signal, subprocess, sys, time
+
+import jsonschema
+import pytest
+from openai import OpenAI
+
+from datacreator_nb.local_model import (LocalModelError, ModelServer, adapt_response_format, bundled_gguf,
+                                        free_port, grammar_schema, serve_model)
+from datacreator_nb.prompt import messages, reply_schema, response_format
+from datacreator_nb.task import TASK_TYPES, LabelSpace, Task, preset
+
+
+def gone(pid: int) -> bool:
+    "Whether no process has this pid any more."
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return True
+    return False
+
+
+def test_bundled_gguf_is_a_gguf_file():
+    path = bundled_gguf()
+    assert path.name == 'SmolLM2-135M-Instruct.Q4_1.gguf'
+    assert path.read_bytes()[:4] == b'GGUF'
+
+
+def test_missing_gguf_fails_before_starting_anything(tmp_path):
+    with pytest.raises(FileNotFoundError, match='no GGUF model file'):
+        ModelServer(tmp_path/'absent.gguf')
+
+
+def test_bad_gguf_fails_fast_with_the_server_log_and_leaves_no_process(tmp_path):
+    bad = tmp_path/'bad.gguf'
+    bad.write_bytes(b'this is not a model')
+    srv = ModelServer(bad, timeout=30)
+    with pytest.raises(LocalModelError, match='exited') as err:
+        srv.start()
+    assert 'Failed to load model' in str(err.value)  # the tail of the server's own log
+    assert gone(srv.pid) and not srv.log_path.exists()
+
+
+@pytest.mark.parametrize('interruption', [RuntimeError, KeyboardInterrupt])
+def test_with_block_stops_the_server_whatever_ends_it(interruption):
+    with pytest.raises(interruption):
+        with serve_model() as srv:
+            pid = srv.pid
+            assert OpenAI(base_url=srv.base_url, api_key='not-needed').models.list().data[0].id == srv.model
+            raise interruption()
+    assert gone(pid) and not srv.running
+
+
+def test_serve_forever_prints_the_url_and_stops_on_ctrl_c():
+    port = free_port()
+    cli = subprocess.Popen([sys.executable, '-c', f'from datacreator_nb.local_model import serve_forever; raise SystemExit(serve_forever(port={port}))'],
+                           stdout=subprocess.PIPE, text=True)
+    try:
+        lines = [cli.stdout.readline() for _ in range(4)]  # the last one says Ctrl-C
+        assert f'OPENAI_BASE_URL=http://127.0.0.1:{port}/v1' in ''.join(lines)
+        server_pid = int(lines[0].split('pid ')[1].split(')')[0])
+        cli.send_signal(signal.SIGINT)
+        assert cli.wait(30) == 0
+    finally:
+        if cli.poll() is None: cli.kill()
+    deadline = time.monotonic() + 10
+    while not gone(server_pid) and time.monotonic() < deadline: time.sleep(0.1)
+    assert gone(server_pid)
+
+
+def test_adapted_format_is_llama_cpp_shape_and_compiles_for_every_preset():
+    from llama_cpp.llama_grammar import SchemaConverter
+    for name in TASK_TYPES:
+        rf = adapt_response_format(response_format(preset(name), 3))
+        assert rf['type'] == 'json_object' and 'pattern' not in json.dumps(rf)
+        SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False).visit(rf['schema'], '')  # raises if not
+    openai_rf = response_format(preset('mcqa_2'), 3)
+    assert adapt_response_format(openai_rf, 'openai') == openai_rf
+    with pytest.raises(ValueError, match='server_kind'): adapt_response_format(openai_rf, 'vllm')
+
+
+def test_grammar_schema_keeps_a_property_named_pattern():
+    s = {"type": "object", "properties": {"pattern": {"type": "string", "pattern": "\\S"}}, "required": ["pattern"],
+         "enum": [{"pattern": "x"}]}
+    assert grammar_schema(s) == {"type": "object", "properties": {"pattern": {"type": "string"}}, "required": ["pattern"],
+                                 "enum": [{"pattern": "x"}]}
+
+
+SENTIMENT = Task(name='sentiment', instruction='Decide whether a product review is positive, negative or neutral.',
+                 example={'question': 'The battery died after two days and support never answered.',
+                          'options': ['positive', 'negative', 'neutral'], 'answer': 'negative'},
+                 label_space=LabelSpace.fixed(['positive', 'negative', 'neutral']))
+
+
+def create(client, model, task, n, seeds=(1, 2, 3)):
+    "`n` examples of `task` from the model, schema-constrained; a reply cut off by max_tokens is asked for again."
+    for seed in seeds:
+        r = client.chat.completions.create(model=model, messages=messages(task, n=n), temperature=0.7, seed=seed, max_tokens=600,
+                                           response_format=adapt_response_format(response_format(task, n)))
+        if r.choices[0].finish_reason == 'stop': return json.loads(r.choices[0].message.content, strict=False)
+    pytest.fail(f"every reply for {task.name} was cut off by max_tokens")
+
+
+@pytest.mark.slow
+def test_the_real_model_creates_examples_that_fit_the_schema():
+    with serve_model() as srv:
+        client = OpenAI(base_url=srv.base_url, api_key='not-needed', max_retries=0)
+        for task in (preset('yesno_close'), SENTIMENT, preset('mcqa_2')):
+            reply = create(client, srv.model, task, 3)
+            jsonschema.validate(reply, reply_schema(task, 3))  # keys, non-blank strings, option count, fixed options
+            for ex in reply['examples']:
+                assert set(ex) == set(task.example)
+                if task.label_space.kind == 'fixed':  # the grammar enforces the answer for fixed options only
+                    assert ex['options'] == task.example['options'] and ex['answer'] in task.label_space.labels
