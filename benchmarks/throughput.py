@@ -1,0 +1,72 @@
+"""Requests/s of `Generator.complete_many` against the local SIMULATED server (not a model) with 200 ms latency.
+
+For each concurrency c, the ideal rate is c / latency; the ratio measured / ideal shows what the client and
+server lose to overhead. Client overhead per request is measured apart, one request at a time with latency 0.
+Cache disabled. The server runs in its own process (`serve_local`), as a real endpoint would.
+Last line: {"ratio_at_64": ..., "overhead_ms": ...}
+"""
+import asyncio, json, subprocess, sys, time
+
+from datacreator_nb.generate import Generator
+
+LATENCY, LEVELS, ROUNDS, OVERHEAD_N = 0.2, (1, 8, 32, 64, 128), 8, 300
+EXAMPLE = {'question': 'Penguins live wild in the Arctic.', 'options': ['True', 'False'], 'answer': False}
+
+
+def messages(i):
+    return [{'role': 'system', 'content': 'Create yes/no questions. Answer with a JSON array only.'},
+            {'role': 'user', 'content': f'Here is the example:\n{json.dumps(EXAMPLE)}\n\nCreate 3 new examples ({i}).'}]
+
+
+def start_server(latency):
+    "A `serve_local` child process and its base_url."
+    p = subprocess.Popen([sys.executable, '-c', f'from datacreator_nb.server import serve_local; serve_local(latency={latency})'],
+                         stdout=subprocess.PIPE, text=True)
+    url = p.stdout.readline().strip()
+    print(f'server {url}: {p.stdout.readline().strip()}')
+    return p, url
+
+
+async def timed(gen, n, offset=0):
+    "Seconds to complete `n` distinct requests."
+    t0 = time.perf_counter()
+    res = await gen.complete_many([messages(offset + i) for i in range(n)])
+    assert all(r.ok for r in res), [r for r in res if not r.ok][:1]
+    return time.perf_counter() - t0
+
+
+async def throughput(url, c):
+    async with Generator('simulated', base_url=url, concurrency=c, cache=None, max_retries=0) as gen:
+        await timed(gen, c, 10**6)  # warm up: open c keep-alive connections
+        n = c * ROUNDS
+        return n / await timed(gen, n)
+
+
+async def overhead_ms(url):
+    async with Generator('simulated', base_url=url, concurrency=1, cache=None, max_retries=0) as gen:
+        await timed(gen, 20, 10**6)
+        return await timed(gen, OVERHEAD_N) / OVERHEAD_N * 1000
+
+
+def main():
+    print('simulated OpenAI-compatible server (datacreator_nb.server, NOT a model), cache disabled')
+    procs = []
+    try:
+        p, url = start_server(LATENCY); procs.append(p)
+        rows = []
+        print(f'\n| concurrency | requests | req/s | ideal req/s | ratio |\n|---|---|---|---|---|')
+        for c in LEVELS:
+            rate = asyncio.run(throughput(url, c))
+            ideal = c / LATENCY
+            rows.append((c, rate / ideal))
+            print(f'| {c} | {c * ROUNDS} | {rate:.1f} | {ideal:.0f} | {rate / ideal:.3f} |', flush=True)
+        p0, url0 = start_server(0.0); procs.append(p0)
+        ms = asyncio.run(overhead_ms(url0))
+        print(f'\nround trip per request with latency 0, one at a time (client + local server): {ms:.2f} ms')
+    finally:
+        for p in procs: p.terminate(); p.wait()
+    print(json.dumps({'ratio_at_64': round(dict(rows)[64], 4), 'overhead_ms': round(ms, 3)}))
+
+
+if __name__ == '__main__':
+    main()
