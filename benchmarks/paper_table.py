@@ -106,7 +106,7 @@ def create_all(args, datasets, out: Path, base_url: str | None) -> dict:
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.unlink(missing_ok=True)
             t0 = time.perf_counter()
-            res = create(task, args.n, strategy=s, generator=gen, out=dest, per_request=args.per_request, seed=args.seed)
+            res = create(task, args.n, strategy=s, generator=gen, out=dest, per_request=args.per_request, seed=args.seed, progress=False)
             runs[tt, d, s] = dict(records=res.records, usd=res.usd, tokens=res.tokens, rejections=Counter(res.rejections),
                                   seconds=time.perf_counter() - t0, stop=res.stop_reason, seed=task.to_record(task.example))
             print(f"  created {tt}/{d} {s}: {len(res.records)} records, ${res.usd:.4f}, stop: {res.stop_reason}", file=sys.stderr)

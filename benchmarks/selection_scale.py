@@ -5,9 +5,15 @@ from the whole pool, as a run that compares against everything created so far wo
 are cached by the strategy, so a round embeds only the new items; the one-off time to embed the pool is
 reported separately. Goal: < 1 s per round at 100k. Last line: one JSON object.
 
-Run: .venv/bin/python benchmarks/selection_scale.py [--sizes 1000 10000 100000] [--rounds 5]
+Second half: the share of a 2,000-example creation run's wall time spent outside LLM calls (the loop's own
+overhead: prompting, validation, dedup, selection, writing), against the simulated server `datacreator serve-local`
+in a separate process with a fixed latency. Goal: < 2%.
+
+Run: .venv/bin/python benchmarks/selection_scale.py [--sizes 1000 10000 100000] [--rounds 5] [--overhead-n 2000] [--latency 0.1]
 """
-import argparse, json, random, statistics, time
+import argparse, json, random, signal, statistics, subprocess, sys, time
+from contextlib import contextmanager
+from pathlib import Path
 
 from datacreator_nb.sampling import Contrastive, Similar, question_text
 
@@ -59,15 +65,45 @@ def measure_selection(size: int, rounds: int, new_per_round: int = 5, seed: int 
     return rows
 
 
-def measure_overhead_share(n_examples: int = 2000):
-    "Share of wall time spent outside LLM calls in a 2,000-example run against the local server (needs the creation loop)."
-    raise NotImplementedError("needs the creation loop of nbs/05_create.ipynb; the lead adds this measurement")
+@contextmanager
+def simulated_server(latency: float):
+    "`datacreator serve-local` in its own process (its CPU is not the client's overhead); yields its base_url."
+    exe = Path(sys.executable).parent/'datacreator'
+    p = subprocess.Popen([str(exe), 'serve-local', '--port', '0', '--latency', str(latency)], stdout=subprocess.PIPE, text=True)
+    try:
+        base_url = p.stdout.readline().strip()
+        if not base_url.startswith('http://'): raise RuntimeError(f"serve-local did not start (exit {p.poll()})")
+        yield base_url
+    finally:
+        p.send_signal(signal.SIGINT)
+        try: p.wait(10)
+        except subprocess.TimeoutExpired: p.kill(); p.wait()
+
+
+def measure_overhead_share(n_examples: int = 2000, latency: float = 0.1, strategies=('tree', 'contrastive')) -> list[dict]:
+    "Share of wall time spent outside LLM calls in an `n_examples` run against the simulated server, per strategy."
+    from datacreator_nb.create import create
+    from datacreator_nb.generate import Generator
+    from datacreator_nb.task import preset
+    rows = []
+    with simulated_server(latency) as base_url:
+        for name in strategies:
+            gen = Generator(model='simulated', base_url=base_url, api_key='not-needed', concurrency=8)
+            t = time.perf_counter()
+            res = create(preset('yesno_close'), n_examples, strategy=name, generator=gen, per_request=5, parallel=8, progress=False)
+            wall = time.perf_counter() - t
+            llm = float(res.rounds['llm_seconds'].sum())
+            rows.append(dict(strategy=name, examples=len(res.records), rounds=len(res.rounds), wall_s=wall, llm_s=llm,
+                             loop_s=float(res.rounds['seconds'].sum()) - llm, overhead_share=1 - llm / wall))
+    return rows
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--sizes', type=int, nargs='+', default=[1_000, 10_000, 100_000])
     ap.add_argument('--rounds', type=int, default=5)
+    ap.add_argument('--overhead-n', type=int, default=2000, help='examples of the creation-loop overhead run (0: skip it)')
+    ap.add_argument('--latency', type=float, default=0.1, help="seconds per answer of the simulated server")
     args = ap.parse_args()
     rows = [r for size in args.sizes for r in measure_selection(size, args.rounds)]
     print(f"{'strategy':<12} {'pool':>8} {'embed pool (s)':>15} {'round mean (s)':>15} {'round max (s)':>14}")
@@ -77,6 +113,15 @@ def main():
     at_biggest = [r for r in rows if r['pool'] == biggest]
     result = {f"select_seconds_{biggest // 1000}k": max(r['round_mean_s'] for r in at_biggest),
               f"embed_pool_seconds_{biggest // 1000}k": max(r['embed_pool_s'] for r in at_biggest)}
+    if args.overhead_n:
+        over = measure_overhead_share(args.overhead_n, args.latency)
+        print(f"\ncreation loop overhead: {args.overhead_n:,} examples of yesno_close, per_request 5, parallel 8, no cache, "
+              f"against the SIMULATED SERVER (datacreator serve-local, latency {args.latency} s, separate process; not a model)")
+        print(f"{'strategy':<12} {'examples':>8} {'rounds':>7} {'wall (s)':>9} {'in LLM calls (s)':>17} {'between calls (s)':>18} {'overhead':>9}")
+        for r in over:
+            print(f"{r['strategy']:<12} {r['examples']:>8,} {r['rounds']:>7} {r['wall_s']:>9.2f} {r['llm_s']:>17.2f} {r['loop_s']:>18.3f} {r['overhead_share']:>9.2%}")
+        result['overhead_share'] = max(r['overhead_share'] for r in over)
+        result.update({f"overhead_share_{r['strategy']}": r['overhead_share'] for r in over})
     print(json.dumps(result))
 
 

@@ -3,11 +3,13 @@
 For each concurrency c, the ideal rate is c / latency; the ratio measured / ideal shows what the client and
 server lose to overhead. Client overhead per request is measured apart, one request at a time with latency 0.
 Cache disabled. The server runs in its own process (`serve_local`), as a real endpoint would.
+The client is the `openai` AsyncOpenAI client; it sends over aiohttp when installed (`openai[aiohttp]`), else httpx2.
+The 1-minute load average is printed first: other processes on the machine lower every ratio.
 Last line: {"ratio_at_64": ..., "overhead_ms": ...}
 """
-import asyncio, json, subprocess, sys, time
+import asyncio, json, os, subprocess, sys, time
 
-from datacreator_nb.generate import Generator
+from datacreator_nb.generate import Generator, http_client
 
 LATENCY, LEVELS, ROUNDS, OVERHEAD_N = 0.2, (1, 8, 32, 64, 128), 8, 300
 EXAMPLE = {'question': 'Penguins live wild in the Arctic.', 'options': ['True', 'False'], 'answer': False}
@@ -50,6 +52,8 @@ async def overhead_ms(url):
 
 def main():
     print('simulated OpenAI-compatible server (datacreator_nb.server, NOT a model), cache disabled')
+    print(f'HTTP transport: {"aiohttp" if http_client(60.0) else "httpx2 (default)"}; '
+          f'load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs')
     procs = []
     try:
         p, url = start_server(LATENCY); procs.append(p)
