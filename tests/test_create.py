@@ -256,6 +256,13 @@ def test_second_create_with_same_out_sends_nothing(tmp_path):
     assert json.loads(state_path(out).read_text())['running'] is False
 
 
+def test_out_in_a_folder_that_does_not_exist_yet(tmp_path):
+    out = tmp_path/'new'/'deeper'/'d.jsonl'
+    with LocalServer(varied_examples(6)) as srv:
+        res = run(srv, 12, out=out)
+    assert len(read_jsonl(out)) == 12 and res.path == out and state_path(out).exists()
+
+
 # ---------------------------------------------------------------- task types, formats, event loops
 
 @pytest.mark.parametrize('tt', ['mcqa_2', 'mcqa_5', 'yesno_open', 'yesno_close'])
