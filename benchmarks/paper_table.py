@@ -9,7 +9,7 @@ dataset's test split (ID) and its partners' test splits (OOD), and print the thr
 paper's numbers. The downstream model is TF-IDF + logistic regression, not the paper's RoBERTa-large.
 
     .venv/bin/python benchmarks/paper_table.py --quick            # CI size, simulated, about a minute
-    .venv/bin/python benchmarks/paper_table.py --base-url URL --model NAME [--api-key KEY] --n 500
+    .venv/bin/python benchmarks/paper_table.py --base-url URL --model NAME [--api-key-env VAR] --n 500
     .venv/bin/python benchmarks/paper_table.py --created DIR      # evaluate already-created JSONL files
 
 Last line: {"datasets": <int>, "strategies": <int>, "rows": <int>} where rows counts the evaluations
@@ -82,7 +82,7 @@ def created_file(created: Path, tt: str, dataset: str, strategy: str) -> Path:
 def make_generator(args, base_url: str):
     "The project's generator for `base_url` (signature of datacreator_nb.generate.Generator)."
     from datacreator_nb.generate import Generator
-    return Generator(model=args.model, base_url=base_url, api_key=args.api_key)
+    return Generator(model=args.model, base_url=base_url, api_key=os.environ.get(args.api_key_env))
 
 
 def create_all(args, datasets, out: Path, base_url: str | None) -> dict:
@@ -177,7 +177,7 @@ def parse(argv=None):
     p.add_argument('--base-url', default=os.environ.get('OPENAI_BASE_URL'), help='OpenAI-compatible endpoint; default: the simulated local server')
     p.add_argument('--model', default=os.environ.get('OPENAI_MODEL', 'gpt-3.5-turbo'),
                    help="model name at the endpoint and for pricing (default: the paper's gpt-3.5-turbo)")
-    p.add_argument('--api-key', default=None, help='default: env OPENAI_API_KEY')
+    p.add_argument('--api-key-env', default='OPENAI_API_KEY', help='environment variable holding the API key (never a key on the command line)')
     p.add_argument('--local', action='store_true', help='use the simulated local server even if --base-url/OPENAI_BASE_URL is set')
     p.add_argument('--quick', action='store_true', help='CI size: 30 examples per set, 100 test and 1000 D_L records per dataset')
     p.add_argument('--n', type=int, help='examples to create per dataset and strategy (default 200, quick 30)')

@@ -60,6 +60,14 @@ def test_bad_task_file_is_one_line_naming_field_and_place(tmp_path):
     assert err[0].startswith(f'datacreator: error: {bad}:4') and "'exemple'" in err[0]
 
 
+@pytest.mark.parametrize('flag', ['--per-request', '--parallel', '--n'])
+def test_a_count_below_one_is_one_line(tmp_path, flag):
+    args = ['create', '--preset', 'yesno_close', '--simulated', '--out', tmp_path/'o.jsonl', '--quiet']
+    r = cli(*args, *(['--n', 5] if flag != '--n' else []), flag, 0)
+    field = flag[2:].replace('-', '_')
+    assert r.returncode == 2 and r.stderr.strip() == f"datacreator: error: field '{field}': must be a whole number of at least 1, got 0"
+
+
 def test_unknown_strategy_is_an_argparse_error(tmp_path):
     r = cli('create', '--preset', 'yesno_close', '--n', 3, '--simulated', '--out', tmp_path/'o.jsonl', '--strategy', 'sideways')
     assert r.returncode == 2 and 'invalid choice' in r.stderr and "'sideways'" in r.stderr and 'Traceback' not in r.stderr

@@ -11,7 +11,7 @@ from datacreator_nb.create import PROVENANCE, create, round_rng, state_path
 from datacreator_nb.generate import Generator, cost_usd
 from datacreator_nb.sampling import get_strategy
 from datacreator_nb.server import LocalServer, json_objects, new_example, requested_count, varied_examples
-from datacreator_nb.task import preset, read_jsonl
+from datacreator_nb.task import TaskError, preset, read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -133,10 +133,6 @@ def test_stops_when_budget_is_spent(monkeypatch):
     assert res.usd > 1e-6 and res.usd == pytest.approx(res.tokens * 0.002 / 1000)
 
 
-def test_budget_price_is_restored():   # runs after the budget test: monkeypatch took the price away again
-    assert 'simulated-x' not in generate.PRICES
-
-
 # ---------------------------------------------------------------- faults during creation
 
 def test_faults_are_survived_without_losing_examples():
@@ -147,7 +143,7 @@ def test_faults_are_survived_without_losing_examples():
     assert (g.stats.retries, g.stats.failures, res.failures) == (4, 0, Counter())
     assert res.stop_reason == 'target reached'
     check_ids_and_parents(res.records, 20)
-    assert res.rejections['truncated'] >= 0 and sum(res.rounds['failed']) == 0
+    assert res.rejections['truncated'] == 1 and sum(res.rounds['failed']) == 0   # the cut item only; the reply's whole items are kept
 
 
 def test_failed_requests_are_counted_and_accepted_examples_kept():
@@ -306,3 +302,50 @@ def test_sync_create_inside_a_running_event_loop():
             return run(srv, 9, strategy='tree', per_request=3, parallel=2), srv.count
     res, sent = asyncio.run(main())
     assert (len(res.records), res.stop_reason, sent) == (9, 'target reached', 3)
+
+
+# ---------------------------------------------------------------- refusing what would mix runs or pay twice
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    out = tmp_path/'d.jsonl'
+    with LocalServer(varied_examples(7)) as srv:
+        run(srv, 10, strategy='tree', out=out)
+        with pytest.raises(TaskError, match=r"other settings .*strategy 'tree' -> 'random'"):
+            run(srv, 20, strategy='random', out=out)
+        with pytest.raises(TaskError, match=r"per_request 5 -> 3"):
+            run(srv, 20, strategy='tree', out=out, per_request=3)
+
+
+def test_broken_state_file_is_named(tmp_path):
+    out = tmp_path/'d.jsonl'
+    with LocalServer(varied_examples(8)) as srv:
+        run(srv, 10, out=out)
+        state_path(out).write_text('{"round": 2,')
+        with pytest.raises(TaskError, match=r"d\.state\.json:1: the loop's state file is not valid JSON"):
+            run(srv, 20, out=out)
+
+
+def test_state_of_another_run_is_refused(tmp_path):
+    out = tmp_path/'d.jsonl'
+    with LocalServer(varied_examples(9)) as srv:
+        run(srv, 30, strategy='tree', out=out)
+        out.write_text(''.join(l + '\n' for l in out.read_text().splitlines()[:3]))   # records cut behind the state's back
+        with pytest.raises(TaskError, match='belong to different runs'):
+            run(srv, 40, strategy='tree', out=out)
+
+
+@pytest.mark.parametrize('field,kw', [('n', {'n': 0}), ('per_request', {'per_request': 0}), ('parallel', {'parallel': 0})])
+def test_counts_below_one_are_refused(field, kw):
+    with LocalServer(varied_examples(1)) as srv:
+        with pytest.raises(TaskError, match=f"field '{field}': must be a whole number of at least 1"):
+            run(srv, kw.pop('n', 5), **kw)
+
+
+def test_budget_counts_what_the_file_already_cost(tmp_path, monkeypatch):
+    monkeypatch.setitem(generate.PRICES, 'simulated-x', generate.PRICES['gpt-3.5-turbo'])
+    out = tmp_path/'d.jsonl'
+    with LocalServer(deterministic, model='simulated-x') as srv:
+        first = run(srv, 10, strategy='random', parallel=2, out=out, gen_kw={'model': 'simulated-x'})
+        sent = srv.count
+        again = run(srv, 1000, strategy='random', parallel=2, out=out, gen_kw={'model': 'simulated-x', 'budget_usd': first.usd})
+    assert (again.stop_reason, srv.count, len(again.records)) == ('budget', sent, 10)

@@ -44,7 +44,6 @@ def test_never_accepts_invalid(task_type, objs, layout):
     verdict = v.validate(reply)
     for ex in verdict.accepted: task.check(ex)
     assert len(verdict.accepted) + len(verdict.rejected) == len(objs) or not objs
-    assert v.counts['accepted'] == len(verdict.accepted)
 
 @settings(max_examples=200)
 @given(st.sampled_from(TASKS), OBJECTS)
