@@ -349,3 +349,15 @@ def test_budget_counts_what_the_file_already_cost(tmp_path, monkeypatch):
         sent = srv.count
         again = run(srv, 1000, strategy='random', parallel=2, out=out, gen_kw={'model': 'simulated-x', 'budget_usd': first.usd})
     assert (again.stop_reason, srv.count, len(again.records)) == ('budget', sent, 10)
+
+
+def test_a_second_run_on_the_same_file_is_refused(tmp_path):
+    out = tmp_path/'d.jsonl'
+    with LocalServer(varied_examples(3), latency=0.3) as srv:
+        first = threading.Thread(target=run, args=(srv, 15), kwargs={'out': out})
+        first.start()
+        while not state_path(out).exists(): time.sleep(0.01)
+        with pytest.raises(TaskError, match='another run is writing this file now'):
+            run(srv, 15, out=out)
+        first.join()
+        assert len(read_jsonl(out)) == 15 and run(srv, 15, out=out).stop_reason == 'target reached'
