@@ -23,11 +23,11 @@ from pathlib import Path
 import pandas as pd
 
 from datacreator_nb.task import TaskError, from_benchmark, read_jsonl, preset, pick_example, example_from_record
+from datacreator_nb.sampling import STRATEGIES
 from datacreator_nb.evaluate import (PAPER_DATASETS, ood_partners, downstream_eval, accuracy_table, drift_table,
                                      plot_accuracy, plot_cost, plot_drift, plot_rejections)
 
 ROOT = Path(__file__).resolve().parents[1]
-STRATEGIES = ('naive', 'random', 'contrastive', 'similar', 'tree')
 
 # The paper's numbers (Table of ID accuracy, OOD table, cost table). Not found in the sources reachable
 # from this machine (the stored copies of the paper give the tables only as images), so every cell is
