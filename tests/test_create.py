@@ -325,6 +325,16 @@ def test_broken_state_file_is_named(tmp_path):
             run(srv, 20, out=out)
 
 
+def test_state_file_of_another_shape_is_named(tmp_path):
+    out = tmp_path/'d.jsonl'
+    with LocalServer(varied_examples(8)) as srv:
+        run(srv, 10, out=out)
+        state = json.loads(state_path(out).read_text())
+        state_path(out).write_text(json.dumps({**state, 'frontier': [{'example': {}, 'id': None, 'depth': 0}]}))
+        with pytest.raises(TaskError, match=r"d\.state\.json: the loop's state file is not one this version wrote"):
+            run(srv, 20, out=out)
+
+
 def test_state_of_another_run_is_refused(tmp_path):
     out = tmp_path/'d.jsonl'
     with LocalServer(varied_examples(9)) as srv:
