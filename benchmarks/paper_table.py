@@ -98,13 +98,13 @@ def create_all(args, datasets, out: Path, base_url: str | None) -> dict:
                                       seconds=float('nan'), stop='read from file', seed=None)
                 continue
             if base_url is None: raise SystemExit(f"no created file {path} and no endpoint to create it (drop --created or add it)")
-            try: from datacreator_nb.create import create
+            try: from datacreator_nb.create import create, state_path
             except ImportError as e: raise SystemExit(f"cannot create data ({e}); evaluate existing files with --created DIR") from None
             gen = gen or make_generator(args, base_url)
             task = task or benchmark_task(args.data/tt/d, args.seed)
             dest = out/'created'/tt/f'{d}_{s}.jsonl'
             dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.unlink(missing_ok=True)
+            for old in (dest, state_path(dest)): old.unlink(missing_ok=True)   # a fresh run, not a resume of an old one
             t0 = time.perf_counter()
             res = create(task, args.n, strategy=s, generator=gen, out=dest, per_request=args.per_request, seed=args.seed, progress=False)
             runs[tt, d, s] = dict(records=res.records, usd=res.usd, tokens=res.tokens, rejections=Counter(res.rejections),

@@ -7,11 +7,12 @@ reported separately. Goal: < 1 s per round at 100k. Last line: one JSON object.
 
 Second half: the share of a 2,000-example creation run's wall time spent outside LLM calls (the loop's own
 overhead: prompting, validation, dedup, selection, writing), against the simulated server `datacreator serve-local`
-in a separate process with a fixed latency. Goal: < 2%.
+in a separate process with a fixed latency. The run writes what `datacreator create --out` writes: the JSONL records
+(fsynced each round), the state file and the request cache, in a temporary folder. Goal: < 2%.
 
 Run: .venv/bin/python benchmarks/selection_scale.py [--sizes 1000 10000 100000] [--rounds 5] [--overhead-n 2000] [--latency 0.1]
 """
-import argparse, json, random, signal, statistics, subprocess, sys, time
+import argparse, json, random, signal, statistics, subprocess, sys, tempfile, time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -86,11 +87,12 @@ def measure_overhead_share(n_examples: int = 2000, latency: float = 0.1, strateg
     from datacreator_nb.generate import Generator
     from datacreator_nb.task import preset
     rows = []
-    with simulated_server(latency) as base_url:
+    with simulated_server(latency) as base_url, tempfile.TemporaryDirectory() as tmp:
         for name in strategies:
-            gen = Generator(model='simulated', base_url=base_url, api_key='not-needed', concurrency=8)
+            out = Path(tmp)/f'{name}.jsonl'
+            gen = Generator(model='simulated', base_url=base_url, api_key='not-needed', concurrency=8, cache=out.with_suffix('.cache.sqlite'))
             t = time.perf_counter()
-            res = create(preset('yesno_close'), n_examples, strategy=name, generator=gen, per_request=5, parallel=8, progress=False)
+            res = create(preset('yesno_close'), n_examples, strategy=name, generator=gen, out=out, per_request=5, parallel=8, progress=False)
             wall = time.perf_counter() - t
             llm = float(res.rounds['llm_seconds'].sum())
             rows.append(dict(strategy=name, examples=len(res.records), rounds=len(res.rounds), wall_s=wall, llm_s=llm,
@@ -115,7 +117,7 @@ def main():
               f"embed_pool_seconds_{biggest // 1000}k": max(r['embed_pool_s'] for r in at_biggest)}
     if args.overhead_n:
         over = measure_overhead_share(args.overhead_n, args.latency)
-        print(f"\ncreation loop overhead: {args.overhead_n:,} examples of yesno_close, per_request 5, parallel 8, no cache, "
+        print(f"\ncreation loop overhead: {args.overhead_n:,} examples of yesno_close, per_request 5, parallel 8, records + state + request cache on disk, "
               f"against the SIMULATED SERVER (datacreator serve-local, latency {args.latency} s, separate process; not a model)")
         print(f"{'strategy':<12} {'examples':>8} {'rounds':>7} {'wall (s)':>9} {'in LLM calls (s)':>17} {'between calls (s)':>18} {'overhead':>9}")
         for r in over:

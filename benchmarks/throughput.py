@@ -5,6 +5,9 @@ server lose to overhead. Client overhead per request is measured apart, one requ
 Cache disabled. The server runs in its own process (`serve_local`), as a real endpoint would.
 The client is the `openai` AsyncOpenAI client; it sends over aiohttp when installed (`openai[aiohttp]`), else httpx2.
 The 1-minute load average is printed first: other processes on the machine lower every ratio.
+For reference (NOT the product path), a minimal HTTP/1.1 client written on asyncio streams sends the same
+requests at concurrency 64 to the same server: the gap between its ratio and the Generator's is what the
+client stack (openai SDK + transport + retries) costs, since the server and the latency are the same.
 Last line: {"ratio_at_64": ..., "overhead_ms": ...}
 """
 import asyncio, json, os, subprocess, sys, time
@@ -44,6 +47,28 @@ async def throughput(url, c):
         return n / await timed(gen, n)
 
 
+async def bare_ratio(url, c):
+    "Ratio of ideal for c keep-alive connections written by hand on asyncio streams (the server's ceiling)."
+    host, port = url.split('//')[1].split('/')[0].split(':')
+    async def post(conn, i):
+        reader, writer = conn
+        body = json.dumps({'model': 'simulated', 'messages': messages(i), 'temperature': 1.0}).encode()
+        writer.write(b'POST /v1/chat/completions HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n'
+                     b'Content-Length: %d\r\n\r\n%s' % (host.encode(), len(body), body))
+        head = await reader.readuntil(b'\r\n\r\n')
+        size = next(int(h.split(b':')[1]) for h in head.split(b'\r\n') if h.lower().startswith(b'content-length'))
+        assert json.loads(await reader.readexactly(size))['choices']
+    async def worker(conn, ids):
+        for i in ids: await post(conn, i)
+    conns = [await asyncio.open_connection(host, int(port)) for _ in range(c)]
+    await asyncio.gather(*(post(conn, 10**6 + k) for k, conn in enumerate(conns)))  # warm up
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker(conn, range(k, c * ROUNDS, c)) for k, conn in enumerate(conns)))
+    rate = c * ROUNDS / (time.perf_counter() - t0)
+    for _, w in conns: w.close()
+    return rate / (c / LATENCY)
+
+
 async def overhead_ms(url):
     async with Generator('simulated', base_url=url, concurrency=1, cache=None, max_retries=0) as gen:
         await timed(gen, 20, 10**6)
@@ -64,6 +89,8 @@ def main():
             ideal = c / LATENCY
             rows.append((c, rate / ideal))
             print(f'| {c} | {c * ROUNDS} | {rate:.1f} | {ideal:.0f} | {rate / ideal:.3f} |', flush=True)
+        print(f'\nreference, not the product path: a minimal asyncio-streams client at concurrency 64 reaches '
+              f'{asyncio.run(bare_ratio(url, 64)):.3f} of ideal against the same server')
         p0, url0 = start_server(0.0); procs.append(p0)
         ms = asyncio.run(overhead_ms(url0))
         print(f'\nround trip per request with latency 0, one at a time (client + local server): {ms:.2f} ms')

@@ -103,6 +103,20 @@ def test_chain_strategies_pick_from_the_previous_round(name):
         assert rounds[k][0]['depth'] == k + 1
 
 
+@pytest.mark.parametrize('name', ['contrastive', 'tree'])
+def test_arrival_order_does_not_change_the_run(tmp_path, name):
+    "Replies judged in request order: answers that come back in reverse order give the same records and the same next heads."
+    def reversed_arrival(req, index): return f'slow:{0.04 * (3 - index % 4):g}'   # the first request of 4 answers last
+    runs = []
+    for fault_fn in (None, reversed_arrival):
+        out = tmp_path/f'{name}-{fault_fn is None}.jsonl'
+        with LocalServer(pure, fault_fn=fault_fn) as srv:   # the same prompt gets the same answer: chains compete for it
+            res = run(srv, 40, strategy=name, per_request=5, parallel=4, out=out)
+        runs.append((res.records, json.loads(state_path(out).read_text())['frontier']))
+    assert runs[0] == runs[1]
+    assert len(runs[0][0]) == 40 and runs[0][1]
+
+
 # ---------------------------------------------------------------- stop criteria
 
 def test_stops_at_target_with_exactly_n():
@@ -170,9 +184,9 @@ print('finished')
 """
 
 
-def staggered(req):
+async def staggered(req):
     "The pure answer, after 0.05-0.4 s depending on the prompt: a round's answers arrive one by one."
-    time.sleep(0.05 + int(hashlib.sha256(user_text(req).encode()).hexdigest()[:4], 16) / 65536 * 0.35)
+    await asyncio.sleep(0.05 + int(hashlib.sha256(user_text(req).encode()).hexdigest()[:4], 16) / 65536 * 0.35)
     return pure(req)
 
 
@@ -340,8 +354,9 @@ def test_state_of_another_run_is_refused(tmp_path):
     with LocalServer(varied_examples(9)) as srv:
         run(srv, 30, strategy='tree', out=out)
         out.write_text(''.join(l + '\n' for l in out.read_text().splitlines()[:3]))   # records cut behind the state's back
-        with pytest.raises(TaskError, match='belong to different runs'):
+        with pytest.raises(TaskError, match='belong to different runs') as e:
             run(srv, 40, strategy='tree', out=out)
+    assert 'not one this version wrote' not in str(e.value)   # said once, plainly, not wrapped in another complaint
 
 
 @pytest.mark.parametrize('field,kw', [('n', {'n': 0}), ('per_request', {'per_request': 0}), ('parallel', {'parallel': 0})])

@@ -3,9 +3,10 @@ import random, sys, types
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 from hypothesis import given, settings, strategies as st
 
-from datacreator_nb.sampling import (ALIASES, STRATEGIES, Contrastive, HashingEmbedder, Naive, Random, SentenceTransformerEmbedder,
+from datacreator_nb.sampling import (ALIASES, STRATEGIES, Contrastive, HashingEmbedder, Naive, Random, RowStore, SentenceTransformerEmbedder,
                                      Similar, Tree, VectorCache, get_strategy, question_text, tree_levels)
 from datacreator_nb.task import TaskError
 
@@ -188,3 +189,16 @@ def test_picks_come_from_candidates_and_respect_similarity(current, candidates, 
         (pick,) = s.pick(current, pool, random.Random(seed))
         i = next(i for i, c in enumerate(pool) if c is pick)
         assert scores[i] == best(scores)
+
+
+@pytest.mark.parametrize('dense', [False, True])
+def test_row_store_takes_what_a_full_stack_would(dense):
+    "Chunks of 0-7 rows appended one by one; any rows taken, in any order, equal the rows of one big stacked matrix."
+    rng = np.random.default_rng(0)
+    chunks = [sp.random(int(k), 50, density=0.1, format='csr', dtype=np.float32, random_state=rng) for k in rng.integers(0, 8, 40)]
+    store, full = RowStore(), sp.vstack(chunks, format='csr')
+    for c in chunks: store.append(c.toarray() if dense else c)
+    rows = rng.integers(0, full.shape[0], 200)
+    got = store.take(rows)
+    assert store.n == full.shape[0]
+    assert np.array_equal(got if dense else got.toarray(), full[rows].toarray())
