@@ -2,7 +2,8 @@
 
 For each concurrency c, the ideal rate is c / latency; the ratio measured / ideal shows what the client and
 server lose to overhead. Client overhead per request is measured apart, one request at a time with latency 0.
-Cache disabled. The server runs in its own process (`serve_local`), as a real endpoint would.
+The table also shows the client process's CPU time per request at each concurrency: 64 replies that arrive
+together queue behind that much CPU each. Cache disabled. The server runs in its own process (`serve_local`), as a real endpoint would.
 The client is the `openai` AsyncOpenAI client; it sends over aiohttp when installed (`openai[aiohttp]`), else httpx2.
 The 1-minute load average is printed first: other processes on the machine lower every ratio.
 For reference (NOT the product path), a minimal HTTP/1.1 client written on asyncio streams sends the same
@@ -41,10 +42,12 @@ async def timed(gen, n, offset=0):
 
 
 async def throughput(url, c):
+    "Requests/s at concurrency c, and the client process's CPU milliseconds per request meanwhile."
     async with Generator('simulated', base_url=url, concurrency=c, cache=None, max_retries=0) as gen:
         await timed(gen, c, 10**6)  # warm up: open c keep-alive connections
-        n = c * ROUNDS
-        return n / await timed(gen, n)
+        n, cpu = c * ROUNDS, time.process_time()
+        rate = n / await timed(gen, n)
+        return rate, (time.process_time() - cpu) / n * 1000
 
 
 async def bare_ratio(url, c):
@@ -83,12 +86,12 @@ def main():
     try:
         p, url = start_server(LATENCY); procs.append(p)
         rows = []
-        print(f'\n| concurrency | requests | req/s | ideal req/s | ratio |\n|---|---|---|---|---|')
+        print(f'\n| concurrency | requests | req/s | ideal req/s | ratio | client CPU ms/request |\n|---|---|---|---|---|---|')
         for c in LEVELS:
-            rate = asyncio.run(throughput(url, c))
+            rate, cpu_ms = asyncio.run(throughput(url, c))
             ideal = c / LATENCY
             rows.append((c, rate / ideal))
-            print(f'| {c} | {c * ROUNDS} | {rate:.1f} | {ideal:.0f} | {rate / ideal:.3f} |', flush=True)
+            print(f'| {c} | {c * ROUNDS} | {rate:.1f} | {ideal:.0f} | {rate / ideal:.3f} | {cpu_ms:.2f} |', flush=True)
         print(f'\nreference, not the product path: a minimal asyncio-streams client at concurrency 64 reaches '
               f'{asyncio.run(bare_ratio(url, 64)):.3f} of ideal against the same server')
         p0, url0 = start_server(0.0); procs.append(p0)
