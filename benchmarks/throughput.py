@@ -13,6 +13,8 @@ Last line: {"ratio_at_64": ..., "overhead_ms": ...}
 """
 import asyncio, json, os, subprocess, sys, time
 
+from openai import DefaultAioHttpClient
+
 from datacreator_nb.generate import Generator, http_client
 
 LATENCY, LEVELS, ROUNDS, OVERHEAD_N = 0.2, (1, 8, 32, 64, 128), 8, 300
@@ -80,7 +82,7 @@ async def overhead_ms(url):
 
 def main():
     print('simulated OpenAI-compatible server (datacreator_nb.server, NOT a model), cache disabled')
-    print(f'HTTP transport: {"aiohttp" if http_client(60.0) else "httpx2 (default)"}; '
+    print(f'HTTP transport: {"aiohttp" if isinstance(http_client(60.0, 1), DefaultAioHttpClient) else "httpx2"}; '
           f'load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs')
     procs = []
     try:
