@@ -28,10 +28,10 @@ def pure(req, salt='') -> str:
 
 def deterministic(req) -> str:
     "`pure`, salted by how often the prompt was asked: chains starting from the same example get different answers."
-    with ASKED_LOCK: ASKED[user_text(req)] += 1; nth = ASKED[user_text(req)]
-    return pure(req, nth)
+    ASKED[user_text(req)] += 1   # responders run one at a time on the server's event loop
+    return pure(req, ASKED[user_text(req)])
 
-ASKED, ASKED_LOCK = Counter(), threading.Lock()
+ASKED = Counter()
 
 
 @pytest.fixture(autouse=True)
