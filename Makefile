@@ -10,12 +10,12 @@ export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
 $(VENV)/.demo: setup.py settings.ini
 	test -x $(BIN)/python || python3 -m venv $(VENV)
-	$(BIN)/python -m pip install -q -e ".[local]"
+	$(BIN)/python -m pip install -q -e ".[local,embed]"
 	touch $@
 
 $(VENV)/.dev: setup.py settings.ini
 	test -x $(BIN)/python || python3 -m venv $(VENV)
-	$(BIN)/python -m pip install -q -e ".[dev,local]"
+	$(BIN)/python -m pip install -q -e ".[dev,local,embed]"
 	touch $@ $(VENV)/.demo
 
 demo: $(VENV)/.demo

@@ -19,7 +19,7 @@ setup(
     package_data={c['lib_name']: ['data/*/*.json', 'data/*/*.jsonl']},
     python_requires='>=' + c['min_python'],
     install_requires=words('requirements'),
-    extras_require={'local': words('local_requirements'), 'dev': words('dev_requirements')},
+    extras_require={'local': words('local_requirements'), 'embed': words('embed_requirements'), 'dev': words('dev_requirements')},
     entry_points={'console_scripts': words('console_scripts'),
                   'nbdev': [f"{c['lib_path']}={c['lib_path']}._modidx:d"]},
     zip_safe=False,

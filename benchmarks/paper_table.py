@@ -5,15 +5,23 @@ Creators") under --data, create a training set with every self-reference strateg
 contrastive, similar, tree) through an OpenAI-compatible endpoint, or by default through the project's
 SIMULATED local server (random well-formed examples, not a model). Train the small downstream model of
 `datacreator_nb.evaluate` on the human train split (D_L) and on each created set (D_G), test it on the
-dataset's test split (ID) and its partners' test splits (OOD), and print the three tables beside the
-paper's numbers. The downstream model is TF-IDF + logistic regression, not the paper's RoBERTa-large.
+dataset's test split (ID) and its partners' test splits (OOD), and print the tables beside the
+paper's published numbers (`../shared/paper/results.json` when present, or --paper FILE). The
+downstream model is a logistic regression on frozen all-MiniLM-L6-v2 sentence vectors (hashed TF-IDF
+when the `embed` extra is missing), not the paper's fine-tuned RoBERTa-large.
+
+OOD is shown twice: as the paper's table pairs it (one test set per column, named in the paper's
+`test_column_as_printed`; ours is the mean over the models trained on the column's task-type
+partners), and every (trained on, tested on) pair of a task type.
 
     .venv/bin/python benchmarks/paper_table.py --quick            # CI size, simulated, about a minute
+    .venv/bin/python benchmarks/paper_table.py --dl-only          # D_L only on every dataset: ours vs the paper's vs chance
     .venv/bin/python benchmarks/paper_table.py --base-url URL --model NAME [--api-key-env VAR] --n 500
     .venv/bin/python benchmarks/paper_table.py --created DIR      # evaluate already-created JSONL files
 
-Last line: {"datasets": <int>, "strategies": <int>, "rows": <int>} where rows counts the evaluations
-(train set x test set) in the results table.
+Last line: {"datasets": <int>, "strategies": <int>, "paper_cells": <int>, "dl": {"<task_type>/<dataset>": <accuracy>},
+"chance": {...}}: accuracies as fractions (null where there is no train split), chance = 1/options or the
+test split's majority label, paper_cells = the paper's ID cells printed beside a measured one.
 """
 from __future__ import annotations
 import argparse, contextlib, json, os, random, sys, time
@@ -24,19 +32,51 @@ import pandas as pd
 
 from datacreator_nb.task import TaskError, from_benchmark, read_jsonl, preset, pick_example, example_from_record
 from datacreator_nb.sampling import STRATEGIES
-from datacreator_nb.evaluate import (PAPER_DATASETS, ood_partners, downstream_eval, accuracy_table, drift_table,
+from datacreator_nb.evaluate import (PAPER_DATASETS, ood_partners, downstream_eval, accuracy_table, drift_table, is_multiple_choice,
                                      plot_accuracy, plot_cost, plot_drift, plot_rejections)
+from datacreator_nb.embed import default_embedder, embedder_name
 
 ROOT = Path(__file__).resolve().parents[1]
+# the dataset names the paper prints, as this project's dataset folders
+PRINTED = {'PIQA': 'piqa', 'WinoGrande': 'winogrande', 'CommonsenseQA': 'csqa', 'RiddleSense': 'riddle_sense', 'BoolQ': 'boolq',
+           'PubMedQA': 'pubmedqa', 'BioASQ': 'bioasq', 'StrategyQA': 'strategyqa', 'CREAK': 'creak'}
 
-# The paper's numbers (Table of ID accuracy, OOD table, cost table). Not found in the sources reachable
-# from this machine (the stored copies of the paper give the tables only as images), so every cell is
-# empty; fill {'<task_type>/<dataset>': {train: accuracy}} / {('<task_type>/<dataset>', test): {train: accuracy}} /
-# {'<task_type>/<dataset>': {strategy: usd}}
-# from the paper when at hand. Headline figures the abstract states: OOD gain of up to 17.5% over D_L.
-PAPER_ID: dict = {}
-PAPER_OOD: dict = {}
-PAPER_COST: dict = {}
+
+def load_paper(path: Path) -> dict:
+    "The paper's tables as fractions: {'id': {ds: {train: acc}}, 'ood': {ds: {train: acc}}, 'ood_test': {ds: printed}, 'cost': {ds: {s: usd}}}."
+    if not path.exists(): return {'id': {}, 'ood': {}, 'ood_test': {}, 'cost': {}}
+    raw = json.loads(path.read_text(encoding='utf-8'))
+    def by_dataset(table, scale):
+        out = {}
+        for train, cells in table.items():
+            if train in ('n_train', 'test_column_as_printed', 'relative_gap_percent_as_printed'): continue
+            for ds, v in cells.items(): out.setdefault(ds, {})[train] = v * scale
+        return out
+    return {'id': by_dataset(raw['id_accuracy'], 0.01), 'ood': by_dataset(raw['ood_accuracy'], 0.01),
+            'ood_test': raw['ood_accuracy']['test_column_as_printed'], 'cost': by_dataset(raw['cost_usd'], 1)}
+
+
+def paper_pairs(paper: dict, datasets) -> dict:
+    "{column: (test folder, [trained-on folders])} of the paper's OOD table: the printed test set, trained on its task-type partners."
+    present, pairs = {f'{tt}/{d}' for tt, d in datasets}, {}
+    for col, printed in paper['ood_test'].items():
+        tt, name = col.split('/')[0], PRINTED.get(printed, printed.lower())
+        test = f'{tt}/{name}' if name in PAPER_DATASETS[tt] else next((f'{t}/{name}' for t, ds in PAPER_DATASETS.items() if name in ds), None)
+        trained = [f'{tt}/{d}' for d in PAPER_DATASETS[tt] if d != name and f'{tt}/{d}' in present]
+        if test in present and trained: pairs[col] = (test, trained)
+    return pairs
+
+
+def shown(path: Path) -> str:
+    "`path` relative to the project when it is near it (no machine paths in reports)."
+    try: return os.path.relpath(path.resolve(), ROOT)
+    except ValueError: return str(path)
+
+
+def chance(tt: str, records: list[dict]) -> float:
+    "Accuracy of guessing: 1/options for multiple choice, the majority label's share for yes/no."
+    if is_multiple_choice(tt): return 1 / len(records[0]['options'])
+    return Counter(str(r['label']) for r in records).most_common(1)[0][1] / len(records)
 
 
 def read_split(path: Path) -> list[dict] | None:
@@ -113,20 +153,49 @@ def create_all(args, datasets, out: Path, base_url: str | None) -> dict:
     return runs
 
 
-def evaluate_all(args, datasets, runs) -> pd.DataFrame:
-    "Long results: one row per (dataset, test, train) with kind ID/OOD and accuracy."
-    tests = {(tt, d): sample(read_split(args.data/tt/d/'test.jsonl'), args.test_limit, args.seed) for tt, d in datasets}
+def read_tests(args, datasets) -> dict:
+    "{'<task_type>/<dataset>': test records (a fixed sample of at most --test-limit)}."
+    return {f'{tt}/{d}': sample(read_split(args.data/tt/d/'test.jsonl'), args.test_limit, args.seed) for tt, d in datasets}
+
+
+def evaluate_all(args, datasets, runs, tests: dict, pairs: dict) -> pd.DataFrame:
+    "Long results: one row per (dataset, test, train) with kind ID/OOD and accuracy; tests are the task type's and the paper's pairs."
     rows = []
     for tt, d in datasets:
-        test_sets = {d: tests[tt, d]} | {p: tests[tt, p] for p in ood_partners(tt, d) if (tt, p) in tests}
+        key = f'{tt}/{d}'
+        names = [key] + [f'{tt}/{p}' for p in ood_partners(tt, d)] + [t for t, trained in pairs.values() if key in trained]
+        test_sets = {n: tests[n] for n in dict.fromkeys(names) if n in tests}
         human = sample(read_split(args.data/tt/d/'train.jsonl'), args.train_limit, args.seed)
         trains = {'D_L': human} | {s: runs[tt, d, s]['records'] for s in args.strategies}
         for name, recs in trains.items():
             res = downstream_eval(recs, test_sets, tt, seed=args.seed)
             note = 'no train split in the data' if name == 'D_L' and human is None else res['note']
-            rows.append(res.assign(dataset=f'{tt}/{d}', train=name, note=note,
-                                   kind=['ID' if t == d else 'OOD' for t in res['test']]))
+            rows.append(res.assign(dataset=key, train=name, note=note, kind=['ID' if t == key else 'OOD' for t in res['test']]))
+        print(f"  evaluated {key}", file=sys.stderr, flush=True)
     return pd.concat(rows, ignore_index=True)
+
+
+def paired_results(results: pd.DataFrame, pairs: dict) -> pd.DataFrame:
+    "The paper's OOD pairing, long: per column, the mean accuracy on its test set of the models trained on its partners."
+    rows = [{'dataset': col, 'test': f"{test} (trained on {', '.join(t.split('/')[1] for t in trained)})", 'train': train, 'accuracy': acc}
+            for col, (test, trained) in pairs.items()
+            for train, acc in results[(results['test'] == test) & results['dataset'].isin(trained)].groupby('train', sort=False)['accuracy'].mean().items()]
+    return pd.DataFrame(rows, columns=['dataset', 'test', 'train', 'accuracy'])
+
+
+def paper_column(pairs: dict, dataset: str, test: str):
+    "The paper's OOD column that tests on `test` a model trained on `dataset`, if any."
+    return next((col for col, (t, trained) in pairs.items() if t == test and dataset in trained), None)
+
+
+def dl_check(results: pd.DataFrame, paper: dict, chances: dict) -> pd.DataFrame:
+    "Our D_L vs the paper's D_L vs chance, ID, per dataset; `goal`: ours >= chance + 5 points wherever the paper's is."
+    ours = results[(results['kind'] == 'ID') & (results['train'] == 'D_L')].set_index('dataset')
+    t = pd.DataFrame({'n_train': ours['n_train'], 'ours': ours['accuracy'], 'paper': [paper['id'].get(d, {}).get('D_L', float('nan')) for d in ours.index],
+                      'chance': [chances[d] for d in ours.index]})
+    needed = (t['paper'] >= t['chance'] + 0.05) & (t['n_train'] > 0)
+    t['goal'] = [('met' if o >= c + 0.05 else 'MISSED') if n else 'not required' for o, c, n in zip(t['ours'], t['chance'], needed)]
+    return t
 
 
 def with_paper(table: pd.DataFrame, paper: dict, key) -> pd.DataFrame:
@@ -153,12 +222,19 @@ def cost_table(runs) -> pd.DataFrame:
                           'stop': r['stop']} for (tt, d, s), r in runs.items()])
 
 
+def with_paper_marks(results: pd.DataFrame, paper: dict, pairs: dict) -> pd.DataFrame:
+    "`results` with a `paper` column: the paper's accuracy for the same (dataset, test, train) where it has one."
+    def cell(d, t, train, kind):
+        return paper['id' if kind == 'ID' else 'ood'].get(d if kind == 'ID' else paper_column(pairs, d, t), {}).get(train, float('nan'))
+    return results.assign(paper=[cell(*x) for x in zip(results['dataset'], results['test'], results['train'], results['kind'])])
+
+
 def save_plots(results, costs, runs, out: Path):
-    "PNG files of the accuracy bars, cost, drift and rejection reasons."
+    "PNG files of the accuracy bars (the paper's numbers as black marks), cost, drift and rejection reasons."
     out.mkdir(parents=True, exist_ok=True)
-    lab = results.assign(test=[f"{d}→{t}" if k == 'OOD' else d for d, t, k in zip(results['dataset'], results['test'], results['kind'])])
+    lab = results.assign(test=[f"{d}→{t.split('/')[1]}" if k == 'OOD' else d for d, t, k in zip(results['dataset'], results['test'], results['kind'])])
     plot_accuracy(lab).savefig(out/'accuracy.png')
-    if costs['usd'].notna().any(): plot_cost(costs).savefig(out/'cost.png')
+    if len(costs) and costs['usd'].notna().any(): plot_cost(costs).savefig(out/'cost.png')
     seeded = {k: r for k, r in runs.items() if r['seed'] is not None}
     if seeded:
         # drift per strategy: each dataset's rounds measured against its own seed, then averaged over datasets
@@ -172,6 +248,8 @@ def save_plots(results, costs, runs, out: Path):
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--data', type=Path, default=ROOT.parent/'shared'/'benchmarks', help='<task_type>/<dataset>/{train,dev,test}.jsonl')
+    p.add_argument('--paper', type=Path, default=ROOT.parent/'shared'/'paper'/'results.json', help="the paper's published tables (JSON)")
+    p.add_argument('--dl-only', action='store_true', help='train on D_L only (no creation): our D_L vs the paper\'s vs chance on every dataset')
     p.add_argument('--created', type=Path, help='evaluate created sets from <dir>/[<task_type>/]<dataset>_<strategy>.jsonl when present')
     p.add_argument('--out', type=Path, default=ROOT/'out'/'paper_table', help='created sets and plots go here')
     p.add_argument('--base-url', default=os.environ.get('OPENAI_BASE_URL'), help='OpenAI-compatible endpoint; default: the simulated local server')
@@ -179,7 +257,7 @@ def parse(argv=None):
                    help="model name at the endpoint and for pricing (default: the paper's gpt-3.5-turbo)")
     p.add_argument('--api-key-env', default='OPENAI_API_KEY', help='environment variable holding the API key (never a key on the command line)')
     p.add_argument('--local', action='store_true', help='use the simulated local server even if --base-url/OPENAI_BASE_URL is set')
-    p.add_argument('--quick', action='store_true', help='CI size: 30 examples per set, 100 test and 1000 D_L records per dataset')
+    p.add_argument('--quick', action='store_true', help='CI size: 30 examples per set, 100 test and 300 D_L records per dataset')
     p.add_argument('--n', type=int, help='examples to create per dataset and strategy (default 200, quick 30)')
     p.add_argument('--per-request', type=int, default=5, help='examples asked for in one request (the paper: 5)')
     p.add_argument('--test-limit', type=int, help='sample at most this many test records per dataset (default all, quick 100)')
@@ -191,47 +269,71 @@ def parse(argv=None):
     a = p.parse_args(argv)
     a.n = a.n or (30 if a.quick else 200)
     a.test_limit = a.test_limit or (100 if a.quick else None)
-    a.train_limit = a.train_limit or (1000 if a.quick else None)
-    a.strategies = [s.strip() for s in a.strategies.split(',') if s.strip()]
+    a.train_limit = a.train_limit or (300 if a.quick else None)
+    a.strategies = [] if a.dl_only else [s.strip() for s in a.strategies.split(',') if s.strip()]
     a.datasets = [s.strip() for s in a.datasets.split(',')] if a.datasets else None
     return a
+
+
+def print_tables(args, results, runs, paper, pairs) -> pd.DataFrame:
+    "The ID, OOD (paired as the paper, and all partners) and cost tables beside the paper's; the ID table."
+    id_t = with_paper(accuracy_table(results[results['kind'] == 'ID']), paper['id'], lambda i: i[0])
+    print("In-distribution accuracy (dataset's own test split)\n" + fmt(id_t) + "\n")
+    ood = results[results['kind'] == 'OOD']
+    if pairs:
+        paired = with_paper(accuracy_table(paired_results(results, pairs)), paper['ood'], lambda i: i[0])
+        print("Out-of-distribution accuracy as the paper pairs it (column: its printed test set; ours: mean over the "
+              "models trained on the named partners)\n" + fmt(paired) + "\n")
+    if len(ood):
+        every = with_paper(accuracy_table(ood), paper['ood'], lambda i: paper_column(pairs, *i))
+        print("Out-of-distribution accuracy, every partner (trained on dataset, tested on test; paper: its column for that pair)\n" + fmt(every) + "\n")
+    if runs:
+        costs = cost_table(runs)
+        cost_wide = costs.pivot_table(index='dataset', columns='strategy', values='usd', sort=False, dropna=False)
+        print("Creation cost, USD\n" + with_paper(cost_wide, paper['cost'], lambda i: i).to_string(na_rep='') + "\n")
+        print("Created sets\n" + costs.to_string(index=False, na_rep='') + "\n")
+    return id_t
 
 
 def main(argv=None):
     args = parse(argv)
     datasets = find_datasets(args.data, args.datasets)
     if not datasets: raise SystemExit(f"none of the paper's datasets found under {args.data}")
+    paper = load_paper(args.paper)
     simulated = args.local or not args.base_url
     needs_creation = not args.created or any(not created_file(args.created, tt, d, s).exists() for tt, d in datasets for s in args.strategies)
     with contextlib.ExitStack() as stack:
         base_url = args.base_url
-        if simulated and needs_creation:
+        if simulated and needs_creation and args.strategies:
             from datacreator_nb.server import LocalServer
             base_url = stack.enter_context(LocalServer(model='simulated')).base_url
             print("NOTE: data is SIMULATED by the project's local test server (random well-formed examples), "
                   "NOT created by a language model: accuracies below say nothing about any model; "
                   f"costs are the simulated replies' token counts priced as {args.model}.")
         runs = create_all(args, datasets, args.out, base_url)
-    results = evaluate_all(args, datasets, runs)
-    id_t = with_paper(accuracy_table(results[results['kind'] == 'ID']), PAPER_ID, lambda i: i[0])
-    ood_t = with_paper(accuracy_table(results[results['kind'] == 'OOD']), PAPER_OOD, lambda i: i)
-    costs = cost_table(runs)
-    print(f"\nDownstream model: TF-IDF + logistic regression (not the paper's RoBERTa-large). "
-          f"Test records per dataset: {args.test_limit or 'all'}; D_L records: {args.train_limit or 'all'}; "
-          f"created per set: {args.n}. Accuracy in %, Δ = (D_G - D_L) / D_L.")
-    if not (PAPER_ID or PAPER_OOD or PAPER_COST):
-        print("No paper columns: the paper's table numbers were not found in the sources available here (see PAPER_ID in this file).\n")
-    print("In-distribution accuracy (dataset's own test split)\n" + fmt(id_t) + "\n")
-    print("Out-of-distribution accuracy (trained on dataset, tested on test)\n" + fmt(ood_t) + "\n")
-    cost_wide = costs.pivot_table(index='dataset', columns='strategy', values='usd', sort=False, dropna=False)
-    print("Creation cost, USD\n" + with_paper(cost_wide, PAPER_COST, lambda i: i).to_string(na_rep='') + "\n")
-    print("Created sets\n" + costs.to_string(index=False, na_rep='') + "\n")
+    tests, pairs = read_tests(args, datasets), paper_pairs(paper, datasets)
+    results = evaluate_all(args, datasets, runs, tests, pairs)
+    print(f"\nDownstream model: logistic regression on frozen {embedder_name(default_embedder())} vectors "
+          f"(the paper fine-tunes RoBERTa-large). Test records per dataset: {args.test_limit or 'all'}; D_L records: "
+          f"{args.train_limit or 'all'}; created per set: {0 if args.dl_only else args.n}. Accuracy in %, Δ = (D_G - D_L) / D_L.")
+    print(f"Paper columns: {shown(args.paper)} (accuracy of RoBERTa-large, the paper's D_G made by gpt-3.5-turbo)\n" if paper['id'] else
+          f"No paper columns: {shown(args.paper)} not found.\n")
+    id_t = print_tables(args, results, runs, paper, pairs)
+    chances = {k: chance(k.split('/')[0], recs) for k, recs in tests.items()}
+    check = dl_check(results, paper, chances)
+    print("D_L check: our D_L vs the paper's vs chance (goal: at least 5 points above chance wherever the paper's is)\n"
+          + check.to_string(formatters={c: '{:.1%}'.format for c in ('ours', 'paper', 'chance')}, na_rep='')
+          + (f"\n(D_L sampled to at most {args.train_limit} records: the goal is meant for the full training sets)" if args.train_limit else "") + "\n")
     missing = results.loc[results['note'] != '', ['dataset', 'train', 'note']].drop_duplicates()
     if len(missing): print("Not evaluated\n" + missing.to_string(index=False) + "\n")
     if not args.no_plots:
-        save_plots(results, costs, runs, args.out)
+        save_plots(with_paper_marks(results, paper, pairs), cost_table(runs) if runs else pd.DataFrame(columns=['usd']), runs, args.out)
         print(f"plots: {args.out}/*.png")
-    print(json.dumps({"datasets": len(datasets), "strategies": len(args.strategies), "rows": len(results)}))
+    trained = [c for c in ('D_L', *args.strategies)]
+    cells = int(sum(pd.notna(id_t.at[i, c]) and pd.notna(id_t.at[i, f'paper {c}']) for i in id_t.index for c in trained if f'paper {c}' in id_t))
+    print(json.dumps({"datasets": len(datasets), "strategies": len(args.strategies), "paper_cells": cells,
+                      "dl": {d: None if pd.isna(v) else round(float(v), 4) for d, v in check['ours'].items()},
+                      "chance": {d: round(v, 4) for d, v in chances.items()}}))
 
 
 if __name__ == '__main__':

@@ -10,13 +10,16 @@ overhead: prompting, validation, dedup, selection, writing), against the simulat
 in a separate process with a fixed latency. The run writes what `datacreator create --out` writes: the JSONL records
 (fsynced each round), the state file and the request cache, in a temporary folder. Goal: < 2%.
 
-Run: .venv/bin/python benchmarks/selection_scale.py [--sizes 1000 10000 100000] [--rounds 5] [--overhead-n 2000] [--latency 0.1]
+Selection compares by hashed TF-IDF unless --embedder minilm (sentence vectors: the pool's one-off embedding then
+dominates, about 275 texts/s on one thread). The overhead run uses the loop's default embedder (MiniLM when installed).
+
+Run: .venv/bin/python benchmarks/selection_scale.py [--sizes 1000 10000 100000] [--rounds 5] [--embedder tfidf|minilm] [--overhead-n 2000] [--latency 0.1]
 """
 import argparse, json, random, signal, statistics, subprocess, sys, tempfile, time
 from contextlib import contextmanager
 from pathlib import Path
 
-from datacreator_nb.sampling import Contrastive, Similar, question_text
+from datacreator_nb.sampling import Contrastive, Similar, HashingEmbedder, question_text
 
 STARTS = ["Why does", "How can", "What happens when", "Is it true that", "Where would you usually find", "Which of these",
           "How do you", "What is the best way to", "Can a", "Why would someone"]
@@ -46,12 +49,19 @@ def synthetic_examples(n: int, rng: random.Random) -> list[dict]:
     return out
 
 
-def measure_selection(size: int, rounds: int, new_per_round: int = 5, seed: int = 0) -> list[dict]:
+def make_embedder(name: str):
+    "The embedder to select with: 'tfidf' (HashingEmbedder) or 'minilm' (the embed extra's sentence vectors)."
+    if name == 'tfidf': return HashingEmbedder()
+    from datacreator_nb.embed import MiniLMEmbedder
+    return MiniLMEmbedder()
+
+
+def measure_selection(size: int, rounds: int, new_per_round: int = 5, seed: int = 0, embedder: str = 'tfidf') -> list[dict]:
     "One-off pool embedding time and seconds per selection round, for similar and contrastive, at one pool size."
     rng = random.Random(seed)
     pool = synthetic_examples(size, rng)
     rows = []
-    for strategy in (Similar(), Contrastive()):
+    for strategy in (Similar(embedder=make_embedder(embedder)), Contrastive(embedder=make_embedder(embedder))):
         t = time.perf_counter()
         strategy.cache.rows([question_text(ex) for ex in pool])
         embed_seconds = time.perf_counter() - t
@@ -61,7 +71,7 @@ def measure_selection(size: int, rounds: int, new_per_round: int = 5, seed: int 
             t = time.perf_counter()
             current = strategy.pick(current, grown, rng)
             times.append(time.perf_counter() - t)
-        rows.append(dict(strategy=strategy.name, pool=size, embed_pool_s=embed_seconds,
+        rows.append(dict(strategy=strategy.name, embedder=embedder, pool=size, embed_pool_s=embed_seconds,
                          round_mean_s=statistics.mean(times), round_max_s=max(times)))
     return rows
 
@@ -104,17 +114,20 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--sizes', type=int, nargs='+', default=[1_000, 10_000, 100_000])
     ap.add_argument('--rounds', type=int, default=5)
+    ap.add_argument('--embedder', choices=['tfidf', 'minilm'], default='tfidf',
+                    help='what selection compares by (minilm embeds the pool at ~275 texts/s: keep --sizes small)')
     ap.add_argument('--overhead-n', type=int, default=2000, help='examples of the creation-loop overhead run (0: skip it)')
     ap.add_argument('--latency', type=float, default=0.1, help="seconds per answer of the simulated server")
     args = ap.parse_args()
-    rows = [r for size in args.sizes for r in measure_selection(size, args.rounds)]
+    rows = [r for size in args.sizes for r in measure_selection(size, args.rounds, embedder=args.embedder)]
+    print(f"selection by {args.embedder}")
     print(f"{'strategy':<12} {'pool':>8} {'embed pool (s)':>15} {'round mean (s)':>15} {'round max (s)':>14}")
     for r in rows:
         print(f"{r['strategy']:<12} {r['pool']:>8,} {r['embed_pool_s']:>15.3f} {r['round_mean_s']:>15.4f} {r['round_max_s']:>14.4f}")
     biggest = max(args.sizes)
     at_biggest = [r for r in rows if r['pool'] == biggest]
-    result = {f"select_seconds_{biggest // 1000}k": max(r['round_mean_s'] for r in at_biggest),
-              f"embed_pool_seconds_{biggest // 1000}k": max(r['embed_pool_s'] for r in at_biggest)}
+    size = f"{biggest // 1000}k" if biggest >= 1000 else str(biggest)
+    result = {f"select_seconds_{size}": max(r['round_mean_s'] for r in at_biggest), f"embed_pool_seconds_{size}": max(r['embed_pool_s'] for r in at_biggest)}
     if args.overhead_n:
         over = measure_overhead_share(args.overhead_n, args.latency)
         print(f"\ncreation loop overhead: {args.overhead_n:,} examples of yesno_close, per_request 5, parallel 8, records + state + request cache on disk, "

@@ -9,10 +9,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .task import Task, TaskError, TASK_TYPES, load_task, from_benchmark, preset, data_path
-from .generate import Generator
+from .generate import Generator, GenerationError, check_settings as check_generator_settings
 from .server import LocalServer, varied_examples, serve_local
 from .sampling import STRATEGIES
-from .create import create, default_generator, CreationResult, SIMULATED_WARNING
+from .create import create, default_generator, CreationResult, SIMULATED_WARNING, check_save_format, side_file
 from .sampling import ALIASES
 
 # %% auto #0
@@ -29,8 +29,11 @@ def task_from_args(args) -> Task:
 # %% ../nbs/08_cli.ipynb #adc26ed7
 @contextmanager
 def generator_from_args(args, cache:Path|None):
-    "The generator the arguments ask for, with its endpoint started and stopped around the run."
-    opts = dict(temperature=args.temperature, max_tokens=args.max_tokens, budget_usd=args.budget_usd, cache=cache)
+    "The generator the arguments ask for (its numbers checked first), with its endpoint started and stopped around the run."
+    numbers = dict(temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens, budget_usd=args.budget_usd,
+                   concurrency=args.concurrency, timeout=args.timeout, price_in=args.price_in, price_out=args.price_out)
+    check_generator_settings(**numbers)   # before a server starts
+    opts = dict(numbers, cache=cache)
     if args.simulated:
         with LocalServer(varied_examples(args.seed), latency=args.latency) as srv:
             yield Generator(base_url=srv.base_url, model='simulated', api_key='not-needed', **opts)
@@ -42,14 +45,15 @@ def generator_from_args(args, cache:Path|None):
 # %% ../nbs/08_cli.ipynb #f9ab7034
 def summary(res:CreationResult, seconds:float) -> str:
     "What a run made, as readable lines and a last JSON line."
-    per_min = len(res.records) / max(seconds, 1e-9) * 60
+    now = res.this_call
+    cached, sent, per_min = int(now['cached'].sum()), int(now['requests'].sum()), res.fresh / max(seconds, 1e-9) * 60
     facts = {'examples': len(res.records), 'rounds': len(res.rounds), 'stop': res.stop_reason, 'acceptance': round(res.acceptance, 3),
-             'examples_per_min': round(per_min, 1), 'tokens': res.tokens, 'usd': round(res.usd, 6), 'file': str(res.path) if res.path else None,
-             'simulated': res.simulated}
+             'examples_per_min': round(per_min, 1), 'fresh_examples': res.fresh, 'cached_replies': cached, 'replies': sent,
+             'tokens': res.tokens, 'usd': round(res.usd, 6), 'file': str(res.path) if res.path else None, 'simulated': res.simulated}
     warn = SIMULATED_WARNING + '\n' if res.simulated else ''
     lines = [f"{warn}created {len(res.records)} examples of {res.task.name} in {len(res.rounds)} rounds ({res.stop_reason})",
-             f"acceptance {res.acceptance:.0%}, {per_min:.1f} examples/minute, {res.tokens:,} tokens, ${res.usd:.4f}",
-             f"{int(res.rounds['cached'].sum()) if len(res.rounds) else 0} of {int(res.rounds['requests'].sum()) if len(res.rounds) else 0} requests answered from the request cache",
+             f"acceptance {res.acceptance:.0%}, {per_min:.1f} examples/minute ({res.fresh} made now from fresh replies), {res.tokens:,} tokens, ${res.usd:.4f}",
+             f"{cached} of the {sent} replies of this run came from the request cache (not counted as throughput)",
              f"rejected: {dict(res.rejections.most_common())}" if res.rejections else "rejected: none"]
     if res.failures: lines.append(f"requests without a reply: {dict(res.failures)}")
     return '\n'.join(lines + [json.dumps(facts)])
@@ -58,11 +62,12 @@ def summary(res:CreationResult, seconds:float) -> str:
 def cmd_create(args) -> int:
     "Run the creation loop from the command line."
     task, out = task_from_args(args), Path(args.out)
+    extras = [check_save_format(p) for p in args.also or []]   # refused before anything is sent
     t0 = time.perf_counter()
-    with generator_from_args(args, None if args.no_cache else out.with_suffix('.cache.sqlite')) as gen:
+    with generator_from_args(args, None if args.no_cache else side_file(out, '.cache.sqlite')) as gen:
         res = create(task, args.n, strategy=args.strategy, generator=gen, out=out, per_request=args.per_request, parallel=args.parallel,
                      max_rounds=args.max_rounds, stall_rounds=args.stall_rounds, seed=args.seed, structured=args.structured, progress=not args.quiet)
-    for extra in args.also or []: res.save(extra)
+    for extra in extras: res.save(extra)
     print(summary(res, time.perf_counter() - t0))
     return 0
 
@@ -75,9 +80,13 @@ def _endpoint_options(p):
     g.add_argument('--api-key-env', default='OPENAI_API_KEY', help='environment variable holding the API key (never a key on the command line)')
     g.add_argument('--simulated', action='store_true', help='use the local SIMULATED server (random examples, not a model)')
     g.add_argument('--latency', type=float, default=0.0, help='seconds per answer of the simulated server')
-    g.add_argument('--temperature', type=float, default=1.0)
+    g.add_argument('--temperature', type=float, default=1.0); g.add_argument('--top-p', type=float, help='nucleus sampling, 0 to 1 (default: not sent)')
     g.add_argument('--max-tokens', type=int, default=1024)
-    g.add_argument('--budget-usd', type=float, help='stop sending requests once this much is spent')
+    g.add_argument('--concurrency', type=int, default=8, help='requests in flight at most')
+    g.add_argument('--timeout', type=float, default=60.0, help='seconds per request')
+    g.add_argument('--budget-usd', type=float, help='never send a request that could pass this spend')
+    g.add_argument('--price-in', type=float, help='USD per 1M prompt tokens (default: the genai-prices database)')
+    g.add_argument('--price-out', type=float, help='USD per 1M completion tokens (default: the genai-prices database)')
     g.add_argument('--structured', action=argparse.BooleanOptionalAction, default=None, help="send the task's JSON Schema as response_format")
     g.add_argument('--no-cache', action='store_true', help='do not keep replies in OUT.cache.sqlite')
 
@@ -123,6 +132,9 @@ def main(argv:list[str]=None) -> int:
     args = parser().parse_args(argv)
     from datacreator_nb.local_model import LocalModelError
     try: return args.run(args)
+    except GenerationError as e:   # the endpoint refused for good: its own message
+        print(f"datacreator: error: {e}", file=sys.stderr)
+        return 1
     except (TaskError, ValueError, OSError, LocalModelError) as e:
         print(f"datacreator: error: {e}", file=sys.stderr)
         return 2
@@ -139,12 +151,12 @@ def demo_figure(res:CreationResult):
     df['drift'] = seed_distance([record_text(r) for r in res.records], res.task.to_record(res.task.example))
     fig = Figure(figsize=(13, 3.8), layout='constrained')
     a, b, c = fig.subplots(1, 3)
-    df.groupby('depth')['drift'].mean().plot(ax=a, marker='o', title='drift from the seed, by depth', xlabel='depth (generations)', ylabel='cosine distance')
+    df.groupby('_meta.depth')['drift'].mean().plot(ax=a, marker='o', title='drift from the seed, by depth', xlabel='depth (generations)', ylabel='cosine distance')
     shares = label_shares(res.records)
     b.bar([str(k) for k in shares], list(shares.values())); b.set(title='label shares', ylim=(0, 1))
     rej = dict(res.rejections.most_common()) or {'none': 0}
     c.barh(list(rej), list(rej.values())); c.set(title='rejections by reason', xlabel='items')
-    fig.suptitle(("SIMULATED DATA - " if res.simulated else "") + f"{len(res.records)} examples of {res.task.name} ({res.rounds.shape[0]} rounds, model {res.records[0]['model'] if res.records else '?'})")
+    fig.suptitle(("SIMULATED DATA - " if res.simulated else "") + f"{len(res.records)} examples of {res.task.name} ({res.rounds.shape[0]} rounds, model {res.records[0]['_meta']['model'] if res.records else '?'})")
     return fig
 
 def cmd_demo(args) -> int:
@@ -152,13 +164,12 @@ def cmd_demo(args) -> int:
     from datacreator_nb.evaluate import diversity_report
     out = Path(args.out); out.mkdir(parents=True, exist_ok=True)
     data = out/'data.jsonl'
-    for stale in (data, data.with_suffix('.state.json')): stale.unlink(missing_ok=True)
     task = load_task(data_path('tasks', 'yesno_close.json'))
     endpoint = os.environ.get('OPENAI_BASE_URL') or 'the embedded SmolLM2-135M-Instruct model (no OPENAI_BASE_URL set)'
     print(f"demo: creating {args.n} examples of '{task.name}' with the {args.strategy} strategy through {endpoint}", flush=True)
     t0 = time.perf_counter()
-    with default_generator(cache=data.with_suffix('.cache.sqlite')) as gen:
-        res = create(task, args.n, strategy=args.strategy, generator=gen, out=data, stall_rounds=4)
+    with default_generator(cache=side_file(data, '.cache.sqlite')) as gen:
+        res = create(task, args.n, strategy=args.strategy, generator=gen, out=data, stall_rounds=4, restart=True)
     seconds = time.perf_counter() - t0
     rep = diversity_report(res.records, seed=task.to_record(task.example))
     png = out/'demo.png'

@@ -4,10 +4,10 @@
 
 # %% ../nbs/05_create.ipynb #70574c11
 from __future__ import annotations
-import asyncio, fcntl, json, math, os, random, threading, time
+import asyncio, fcntl, hashlib, json, math, os, random, threading, time
 from collections import Counter
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -15,19 +15,28 @@ from tqdm.auto import tqdm
 
 from .task import Task, TaskError, read_jsonl
 from .prompt import messages, response_format
-from .generate import Generator
+from .generate import Generator, GenerationError, is_local
 from .validate import Validator
 from .sampling import Strategy, get_strategy
-from .local_model import adapt_response_format
+from .local_model import MODEL_ALIAS, adapt_response_format
 
 # %% auto #0
-__all__ = ['PROVENANCE', 'SIMULATED_WARNING', 'cut_torn_tail', 'jsonl_text', 'write_atomically', 'RecordFile', 'Seed',
-           'LoopState', 'requests_needed', 'plan_round', 'round_rng', 'next_head', 'grow_tree', 'CreationResult',
-           'run_round', 'state_path', 'initial_state', 'resume', 'example_of', 'exclusive', 'check_settings',
-           'stop_reason', 'save_round', 'snapshot', 'acreate', 'create', 'default_generator']
+__all__ = ['PROVENANCE', 'SIMULATED_WARNING', 'SAVE_FORMATS', 'ROUND_COLUMNS', 'side_file', 'cut_torn_tail', 'jsonl_text',
+           'append_durably', 'write_atomically', 'RecordFile', 'Seed', 'LoopState', 'RoundLog', 'requests_needed',
+           'plan_round', 'round_rng', 'next_head', 'grow_tree', 'is_simulated', 'check_save_format', 'CreationResult',
+           'is_fatal', 'make_record', 'all_or_none', 'round_stats', 'run_round', 'state_path', 'rounds_path',
+           'initial_state', 'refuse_foreign', 'remove_run', 'resume', 'example_of', 'exclusive', 'task_digest',
+           'endpoint_identity', 'run_settings', 'check_settings', 'check_counts', 'charge_finished', 'stop_reason',
+           'Run', 'save_round', 'snapshot', 'open_run', 'run_rounds', 'creation_result', 'acreate', 'run_on_worker',
+           'create', 'default_generator']
 
 # %% ../nbs/05_create.ipynb #7ce8b450
-PROVENANCE = ('id', 'round', 'parent', 'depth', 'strategy', 'model')
+PROVENANCE = ('id', 'round', 'parent', 'depth', 'strategy', 'model')   # the keys of a record's `_meta` object
+
+def side_file(out:Path, suffix:str) -> Path:
+    "The file beside `out` named by `out`'s whole name plus `suffix`: `v1.5.jsonl` -> `v1.5.jsonl.state.json`."
+    out = Path(out)
+    return out.with_name(out.name + suffix)
 
 def cut_torn_tail(path:Path):
     "Cut a last line that a crash left without its newline."
@@ -39,15 +48,19 @@ def jsonl_text(recs:list[dict]) -> str:
     "Records as JSON Lines."
     return ''.join(json.dumps(r, ensure_ascii=False) + '\n' for r in recs)
 
+def append_durably(path:Path, text:str):
+    "Append `text` to `path` and flush it to the disk (one fsync)."
+    with open(path, 'a', encoding='utf-8') as f: f.write(text); f.flush(); os.fsync(f.fileno())
+
 def write_atomically(path:Path, text:str):
     "Replace `path` by `text` so that a crash leaves either the old or the new file, never half of one."
-    tmp = path.with_name(path.name + '.tmp')
+    tmp = side_file(path, '.tmp')
     with open(tmp, 'w', encoding='utf-8') as f: f.write(text); f.flush(); os.fsync(f.fileno())
     os.replace(tmp, path)
 
 class RecordFile:
     "An append-only JSONL file of created records; a record is on disk before it is counted."
-    def __init__(self, path:Path|None): # where to write; None keeps records in memory only
+    def __init__(self, path:Path|None): # where to write (a file this tool wrote, or none yet); None keeps records in memory only
         self.path = Path(path) if path else None
         if self.path: self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path and self.path.exists(): cut_torn_tail(self.path)
@@ -62,9 +75,7 @@ class RecordFile:
 
     def extend(self, recs:list[dict]):
         "Write `recs` durably (one flush and fsync), then count them."
-        if self.path and recs:
-            with open(self.path, 'a', encoding='utf-8') as f:
-                f.write(jsonl_text(recs)); f.flush(); os.fsync(f.fileno())
+        if self.path and recs: append_durably(self.path, jsonl_text(recs))
         self.records += recs
 
 # %% ../nbs/05_create.ipynb #8288ff0d
@@ -83,12 +94,13 @@ class LoopState:
     stall:int=0                              # rounds in a row with nothing accepted
     count_at_start:int=0                     # records on disk when the round began
     running:bool=False                       # a round was started and not finished
-    rounds:list=field(default_factory=list)  # per-round statistics so far
-    settings:dict=field(default_factory=dict) # task, strategy, per_request, seed: a resume must use the same
+    rounds:list=field(default_factory=list)  # per-round statistics so far (saved in the rounds file, not the state file)
+    settings:dict=field(default_factory=dict) # what decides the run's replies and records: a resume must use the same
 
     def save(self, path:Path|None):
-        "Write the state atomically (temp file, then rename)."
-        if path: write_atomically(path, json.dumps({**self.__dict__, 'frontier': [(s.id, s.depth) for s in self.frontier]}, ensure_ascii=False))
+        "Write the state (without the rounds' statistics) atomically: a temp file, then a rename."
+        state = {k: v for k, v in self.__dict__.items() if k != 'rounds'}
+        if path: write_atomically(path, json.dumps({**state, 'frontier': [(s.id, s.depth) for s in self.frontier]}, ensure_ascii=False))
 
     @classmethod
     def load(cls,
@@ -102,6 +114,23 @@ class LoopState:
         try: return cls(**{**d, 'frontier': [Seed(example_of(i), i, depth) for i, depth in d['frontier']]})
         except TaskError: raise   # already says what is wrong
         except (KeyError, TypeError, ValueError) as e: raise TaskError(f"the loop's state file is not one this version wrote ({type(e).__name__}: {e}); delete it and the records to start afresh", where=str(path)) from None
+
+class RoundLog:
+    "The finished rounds' statistics, one JSON line per round, only ever appended to."
+    def __init__(self, path:Path|None): self.path, self.written = path, 0  # the rounds file; None keeps nothing
+
+    def load(self, count:int) -> list[dict]:
+        "The statistics of the first `count` rounds (those the state says are finished); lines after them are cut."
+        lines = self.path.read_text(encoding='utf-8').splitlines(keepends=True) if self.path and self.path.exists() else []
+        if len(lines) < count: raise TaskError(f"the rounds file holds {len(lines)} rounds but the state file says {count} are finished: they belong to different runs", where=str(self.path))
+        if len(lines) > count: write_atomically(self.path, ''.join(lines[:count]))
+        self.written = count
+        return [json.loads(l) for l in lines[:count]]
+
+    def extend(self, rounds:list[dict]):
+        "Append the rounds of `rounds` that are not on disk yet."
+        if self.path and rounds[self.written:]: append_durably(self.path, jsonl_text(rounds[self.written:]))
+        self.written = len(rounds)
 
 # %% ../nbs/05_create.ipynb #9c32df66
 def requests_needed(remaining:int, per_request:int, parallel:int) -> int:
@@ -131,6 +160,16 @@ def grow_tree(state:LoopState, strategy:Strategy, children:list[Seed], rng:rando
 
 # %% ../nbs/05_create.ipynb #888b3a71
 SIMULATED_WARNING = "SIMULATED DATA: written by the local test server's simulated responder, not by a model."
+SAVE_FORMATS = ('.jsonl', '.csv', '.parquet')
+
+def is_simulated(gen:Generator) -> bool:
+    "Whether `gen` talks to the project's simulated server on this machine (its model is 'simulated...'), not to a model."
+    return gen.model.startswith('simulated') and is_local(gen.base_url)
+
+def check_save_format(path) -> Path:
+    "`path` as a Path, if its suffix is one `CreationResult.save` writes."
+    if (path := Path(path)).suffix not in SAVE_FORMATS: raise ValueError(f"unknown format {path.suffix!r} of {path}: use .jsonl, .csv or .parquet")
+    return path
 
 @dataclass
 class CreationResult:
@@ -143,6 +182,7 @@ class CreationResult:
     stop_reason:str
     path:Path|None=None
     simulated:bool=False    # True when the replies came from the simulated local server, not a model
+    rounds_now:int=0        # how many of the last rounds this call ran (the others were read from the file)
 
     @property
     def usd(self) -> float: return float(self.rounds['usd'].sum()) if len(self.rounds) else 0.0
@@ -151,25 +191,30 @@ class CreationResult:
     @property
     def seconds(self) -> float: return float(self.rounds['seconds'].sum()) if len(self.rounds) else 0.0
     @property
+    def this_call(self) -> pd.DataFrame: return self.rounds.tail(self.rounds_now)
+    @property
+    def fresh(self) -> int:
+        "Examples this call made from replies the endpoint sent now, not replayed from the request cache."
+        return int((self.this_call['accepted'] - self.this_call['from_cache']).sum())
+    @property
     def acceptance(self) -> float:
         "Share of the items in all replies that passed validation (kept or surplus to the target)."
         ok = self.rounds[['accepted', 'surplus']].to_numpy().sum() if len(self.rounds) else 0
         return float(ok / max(1, ok + sum(self.rejections.values())))
 
     def to_frame(self) -> pd.DataFrame:
-        "The records as a DataFrame (parent ids stay integers, with <NA> for the task's own example)."
-        df = pd.DataFrame(self.records)
-        return df.astype({'parent': 'Int64'}) if 'parent' in df else df
+        "The records as a DataFrame, provenance flattened into `_meta.id`, `_meta.round`... (parent ids as integers, <NA> for the task's own example)."
+        df = pd.DataFrame([{k: v for k, v in r.items() if k != '_meta'} | {f'_meta.{k}': v for k, v in r['_meta'].items()} for r in self.records])
+        return df.astype({'_meta.parent': 'Int64'}) if '_meta.parent' in df else df
 
     def save(self, path) -> Path:
         "Write the records as .jsonl, .csv or .parquet, chosen by the suffix."
-        path, df = Path(path), self.to_frame()
+        path, df = check_save_format(path), pd.DataFrame(self.records)
         path.parent.mkdir(parents=True, exist_ok=True)
-        lists = [c for c in df if df[c].map(lambda v: isinstance(v, list)).any()]   # e.g. options, kept as JSON in a CSV cell
+        nested = [c for c in df if df[c].map(lambda v: isinstance(v, (list, dict))).any()]   # e.g. options and _meta: JSON in a CSV cell
         if path.suffix == '.jsonl': path.write_text(jsonl_text(self.records), encoding='utf-8')
-        elif path.suffix == '.csv': df.assign(**{c: df[c].map(json.dumps) for c in lists}).to_csv(path, index=False)
-        elif path.suffix == '.parquet': df.to_parquet(path, index=False)
-        else: raise ValueError(f"unknown format {path.suffix!r}: use .jsonl, .csv or .parquet")
+        elif path.suffix == '.csv': df.assign(**{c: df[c].map(json.dumps) for c in nested}).to_csv(path, index=False)
+        else: df.to_parquet(path, index=False)
         return path
 
     def _repr_markdown_(self) -> str:
@@ -180,57 +225,87 @@ class CreationResult:
         return head + "\n\n" + self.rounds.to_markdown(index=False) if len(self.rounds) else head
 
 # %% ../nbs/05_create.ipynb #31db4956
+def is_fatal(reply) -> bool:
+    "Whether a request failed in a way no retry or later round can mend (bad key, unknown model, no quota)."
+    return not reply.ok and reply.fatal
+
+def make_record(task:Task, ex:dict, id:int, parent:Seed, rnd:int, strategy:str, model:str) -> dict:
+    "`ex` as a record: every field of the example as it is, and the provenance apart, in one `_meta` object."
+    return {**task.to_record(ex), '_meta': {'id': id, 'round': rnd, 'parent': parent.id, 'depth': parent.depth + 1, 'strategy': strategy, 'model': model}}
+
+async def all_or_none(coros:list) -> list:
+    "The results of `coros`, run concurrently; the first one to raise cancels the others, then its error is raised."
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try: return await asyncio.gather(*tasks)
+    except BaseException:
+        for t in tasks: t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+def round_stats(rnd:int, replies:list, verdicts:list, made:list, from_cache:int, llm_seconds:float, seconds:float) -> dict:
+    "A round's statistics: requests, failures, items accepted, surplus and rejected (and why), tokens, dollars, cache, time."
+    reasons, ok = Counter(r for v in verdicts for r, _ in v.rejected), [r for r in replies if r.ok]
+    failures = Counter('budget' if r.budget else f'request_failed:{r.status or "error"}' for r in replies if not r.ok)
+    return {'round': rnd, 'requests': len(replies), 'failed': sum(failures.values()), 'accepted': len(made), 'from_cache': from_cache,
+            'surplus': sum(len(v.accepted) for v in verdicts) - len(made), 'rejected': sum(reasons.values()), 'failures': dict(failures),
+            'tokens': sum(r.prompt_tokens + r.completion_tokens for r in ok), 'usd': sum(r.cost_usd for r in ok),
+            'cached': sum(bool(r.cached) for r in ok), 'llm_seconds': llm_seconds, 'seconds': seconds, 'reasons': dict(reasons)}
+
 async def run_round(task:Task, gen:Generator, validator:Validator, strategy:Strategy, first_id:int,
                     state:LoopState, seeds:list[Seed], n:int, per_request:int, fmt:dict|None, seed:int) -> tuple[dict, list]:
     "Send one round's requests, keep what validates, move the frontier; the round's statistics and its records (ids from `first_id`)."
     t0, rnd, arrived, rng = time.perf_counter(), state.round, [], round_rng(seed, state.round)
-    screened, verdicts, children, made = [None] * len(seeds), [], [], []
-    def record(parent:Seed, ex:dict) -> Seed|None:
-        "`ex` as the next record, a child of `parent`; None once the target is met."
+    replies, screened, verdicts, children, made, cached = [None] * len(seeds), [None] * len(seeds), [], [], [], []
+    def record(parent:Seed, ex:dict, from_cache:bool) -> Seed|None:
+        "`ex` as the next record, a child of `parent`, shown to later rounds as read back from the file; None once the target is met."
         if first_id + len(made) >= n: return None
-        made.append({**task.to_record(ex), 'id': first_id + len(made), 'round': rnd, 'parent': parent.id, 'depth': parent.depth + 1,
-                     'strategy': strategy.name, 'model': gen.model})
-        return Seed(ex, made[-1]['id'], parent.depth + 1)
+        made.append(make_record(task, ex, first_id + len(made), parent, rnd, strategy.name, gen.model)); cached.append(from_cache)
+        return Seed(task.from_record(made[-1]), made[-1]['_meta']['id'], parent.depth + 1)
     def judge_in_order():
         "Judge every screened reply whose predecessors are judged: duplicates, records, the chain's next head."
         while len(verdicts) < len(seeds) and screened[j := len(verdicts)] is not None:
             verdicts.append(validator.admit(*screened[j]))
-            children.append([c for c in (record(seeds[j], ex) for ex in verdicts[j].accepted) if c])
+            children.append([c for c in (record(seeds[j], ex, replies[j].cached) for ex in verdicts[j].accepted) if c])
             if strategy.name != 'tree': state.frontier[j] = next_head(strategy, seeds[j], children[j], rng)
     async def ask(j:int, s:Seed):
         "One request; its reply screened as soon as it arrives, and judged as soon as the replies before it are."
-        reply = (await gen.complete_many([messages(task, [s.example], per_request)], [rnd * 100_000 + j], response_format=fmt))[0]
+        replies[j] = (await gen.complete_many([messages(task, [s.example], per_request)], [rnd * 100_000 + j], response_format=fmt))[0]
+        if is_fatal(replies[j]): raise GenerationError(replies[j].reason, replies[j].status)
         arrived.append(time.perf_counter())
-        screened[j] = validator.screen(reply.text) if reply.ok else ([], [])
+        screened[j] = validator.screen(replies[j].text) if replies[j].ok else ([], [])
         judge_in_order()
-        return reply
-    replies = await asyncio.gather(*(ask(j, s) for j, s in enumerate(seeds)))
-    llm_seconds = max(arrived) - t0
+    await all_or_none([ask(j, s) for j, s in enumerate(seeds)])
     if strategy.name == 'tree': grow_tree(state, strategy, [c for cs in children for c in cs], rng)
-    reasons = Counter(r for v in verdicts for r, _ in v.rejected)
-    failures = Counter('budget' if r.budget else f'request_failed:{r.status or "error"}' for r in replies if not r.ok)
-    return {'round': rnd, 'requests': len(seeds), 'failed': sum(failures.values()), 'accepted': len(made),
-            'surplus': sum(len(v.accepted) for v in verdicts) - len(made), 'rejected': sum(reasons.values()), 'failures': dict(failures),
-            'tokens': sum(r.prompt_tokens + r.completion_tokens for r in replies if r.ok),
-            'usd': sum(r.cost_usd for r in replies if r.ok), 'cached': sum(bool(r.ok and r.cached) for r in replies),
-            'llm_seconds': llm_seconds, 'seconds': time.perf_counter() - t0, 'reasons': dict(reasons)}, made
+    return round_stats(rnd, replies, verdicts, made, sum(cached), max(arrived) - t0, time.perf_counter() - t0), made
 
 # %% ../nbs/05_create.ipynb #33789de2
 def state_path(out:Path|None) -> Path|None:
     "Where the loop's state is kept for the record file `out`."
-    return Path(out).with_suffix('.state.json') if out else None
+    return side_file(out, '.state.json') if out else None
+
+def rounds_path(out:Path|None) -> Path|None:
+    "Where the finished rounds' statistics are kept for the record file `out`."
+    return side_file(out, '.rounds.jsonl') if out else None
 
 def initial_state(task:Task, strategy:Strategy, parallel:int) -> LoopState:
     "The state of a new run: every chain (or the tree's root) starts from the task's example."
     return LoopState(frontier=[Seed(task.example)] * (1 if strategy.name == 'tree' else parallel))
 
-def resume(task:Task, strategy:Strategy, store:RecordFile, parallel:int, where:Path|None) -> LoopState:
-    "The saved state, with the record file cut back to the start of an unfinished round."
-    state = LoopState.load(where, example_of(task, store, where))
-    if state is None:
-        if len(store): raise TaskError(f"{len(store)} records but no state file {where}: move the file away or delete it to start afresh", where=str(store.path))
-        return initial_state(task, strategy, parallel)
+def refuse_foreign(out:Path|None):
+    "Refuse, before touching anything, a record file with data but no state file: this tool did not write it."
+    if out and Path(out).exists() and Path(out).stat().st_size and not state_path(out).exists():
+        raise TaskError(f"this file holds data but there is no state file {state_path(out).name} beside it: this tool did not write it, so it is left untouched; choose another output file", where=str(out))
+
+def remove_run(out:Path|None):
+    "Delete the records, state and rounds of a previous run in `out` (a run this tool wrote, under its lock)."
+    for f in (out, state_path(out), rounds_path(out)) if out else (): Path(f).unlink(missing_ok=True)
+
+def resume(task:Task, strategy:Strategy, store:RecordFile, log:RoundLog, parallel:int, where:Path|None) -> LoopState:
+    "The saved state (a new one if there is none) with its finished rounds, the record file cut back to the start of an unfinished round."
+    state = LoopState.load(where, example_of(task, store, where)) or initial_state(task, strategy, parallel)
+    state.rounds = log.load(state.round)
     if state.running: store.truncate(state.count_at_start)
+    state.stall = 0   # a stall is not final: the same call again tries again
     return state
 
 def example_of(task:Task, store:RecordFile, where:Path):
@@ -245,36 +320,110 @@ def example_of(task:Task, store:RecordFile, where:Path):
 def exclusive(out:Path|None):
     "Hold an exclusive lock on the run's files for the block (released by the OS even if the process is killed)."
     if not out: yield; return
-    lock = Path(out).with_suffix('.lock')
+    lock = side_file(out, '.lock')
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, 'w') as f:
         try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError: raise TaskError("another run is writing this file now; wait for it or choose another output file", where=str(out)) from None
         yield
 
+# %% ../nbs/05_create.ipynb #93caf79d
+def task_digest(task:Task) -> str:
+    "A short hash of what the task asks for: its instruction, example, label space and keys (not its name)."
+    blob = json.dumps([task.instruction, task.example, asdict(task.label_space), task.answer_key, task.options_key], ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+def endpoint_identity(gen:Generator) -> dict:
+    "What decides the endpoint's answers (`Generator.identity`); a server this tool starts is one endpoint whatever port it got."
+    own = is_simulated(gen) or (gen.model == MODEL_ALIAS and is_local(gen.base_url))   # the simulated server, the embedded model
+    return {**gen.identity, 'base_url': f'{gen.model} on this machine'} if own else gen.identity
+
+def run_settings(task:Task, gen:Generator, strategy:Strategy, **options) -> dict:
+    "Everything that decides a run's replies and records: the endpoint, the task's name and content, the strategy, `options`."
+    return {**endpoint_identity(gen), 'task': task.name, 'task_content': task_digest(task), 'strategy': strategy.name, **options}
+
 def check_settings(state:LoopState, settings:dict, where:Path|None):
     "Refuse to resume a run with other settings than it was started with (it would mix runs and miss the cache)."
     if state.settings and (diff := {k: (state.settings.get(k), v) for k, v in settings.items() if state.settings.get(k) != v}):
-        raise TaskError("the run in this file was started with other settings (was, now): " + ', '.join(f"{k} {a!r} -> {b!r}" for k, (a, b) in diff.items()), where=str(where))
+        raise TaskError("the run in this file was started with other settings (was -> now): " + ', '.join(f"{k} {a!r} -> {b!r}" for k, (a, b) in diff.items()), where=str(where))
     state.settings = settings
+
+def check_counts(none_ok:bool=False, **counts):
+    "Refuse a count that is not a whole number of at least 1 (None too, unless `none_ok`), naming it."
+    for name, value in counts.items():
+        if not (none_ok and value is None) and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise TaskError(f"must be a whole number of at least 1, got {value!r}", name)
+
+def charge_finished(gen:Generator, state:LoopState):
+    "Count what the run's finished rounds cost against the generator's budget: a resumed run spends only what is left."
+    gen.charge(sum(r['usd'] for r in state.rounds))
 
 def stop_reason(state:LoopState, count:int, gen:Generator, n:int, max_rounds:int|None, stall_rounds:int|None) -> str|None:
     "Why the loop must stop now, given `count` records so far, or None to go on."
     if count >= n: return 'target reached'
-    if gen.budget_spent or (gen.budget_usd is not None and sum(r['usd'] for r in state.rounds) >= gen.budget_usd): return 'budget'  # resumed runs count what the file cost
+    if gen.budget_spent or gen.stats.budget_stops: return 'budget'   # or a request of the last round did not fit in it
     if max_rounds is not None and state.round >= max_rounds: return 'max_rounds'
     if stall_rounds is not None and state.stall >= stall_rounds: return 'stall'
     return None
 
 # %% ../nbs/05_create.ipynb #ae674fb4
-def save_round(store:RecordFile, records:list[dict], state:LoopState, where:Path|None):
-    "Write a finished round's records, then the state of the next round: a crash between the two replays that round."
-    store.extend(records)
-    state.save(where)
+@dataclass
+class Run:
+    "What a run's rounds share: the task, the endpoint, the checks, the files and the options."
+    task:Task; gen:Generator; validator:Validator; strategy:Strategy; store:RecordFile; log:RoundLog; where:Path|None
+    n:int; per_request:int; parallel:int; seed:int; fmt:dict|None; max_rounds:int|None; stall_rounds:int|None
+
+def save_round(run:Run, records:list[dict], state:LoopState):
+    "Write a finished round's records and statistics, then the state of the next round: a crash before the state replays that round."
+    run.store.extend(records)
+    run.log.extend(state.rounds)
+    state.save(run.where)
 
 def snapshot(state:LoopState) -> LoopState:
     "A copy of `state` that the loop's later changes leave alone (its lists are copied, their items never change)."
     return replace(state, frontier=list(state.frontier), rounds=list(state.rounds))
+
+def open_run(task:Task, gen:Generator, strategy:Strategy, out, validator:Validator|None, restart:bool, settings:dict, **options) -> tuple[Run, LoopState]:
+    "The run's files opened (after removing a previous run's if `restart`), its state resumed and checked, the validator's pool filled."
+    if restart: remove_run(out)
+    store, log, where = RecordFile(out), RoundLog(rounds_path(out)), state_path(out)
+    state = resume(task, strategy, store, log, options['parallel'], where)
+    check_settings(state, settings, where)
+    charge_finished(gen, state)
+    validator = validator or Validator(task)
+    validator.add_accepted([task.from_record(r) for r in store.records])
+    return Run(task, gen, validator, strategy, store, log, where, **options), state
+
+async def run_rounds(run:Run, state:LoopState, progress:bool) -> str:
+    "Rounds until a stop criterion holds, each round's records written while the next round's requests are out; why it stopped."
+    bar = tqdm(total=run.n, initial=min(len(run.store), run.n), disable=not progress, desc=f"{run.task.name} [{run.strategy.name}]", unit='ex')
+    fresh, saving = [], None   # the last round's records, not yet on disk; the thread writing the ones before
+    try:
+        while (why := stop_reason(state, len(run.store) + len(fresh), run.gen, run.n, run.max_rounds, run.stall_rounds)) is None:
+            state.running, state.count_at_start = True, len(run.store) + len(fresh)
+            saving = asyncio.create_task(asyncio.to_thread(save_round, run, fresh, snapshot(state)))  # before the tree pops its seeds
+            seeds = plan_round(state, run.strategy, run.task, requests_needed(run.n - state.count_at_start, run.per_request, run.parallel))
+            stats, fresh = await run_round(run.task, run.gen, run.validator, run.strategy, state.count_at_start, state, seeds, run.n, run.per_request, run.fmt, run.seed)
+            await saving  # the records before this round are on disk: now they count
+            bar.update(min(len(run.store), run.n) - bar.n)
+            state.rounds.append(stats)
+            state.stall = 0 if stats['accepted'] else state.stall + 1
+            state.round, state.running = state.round + 1, False
+        save_round(run, fresh, state)
+        bar.update(min(len(run.store), run.n) - bar.n)
+        return why
+    finally:
+        if saving is not None: await asyncio.wait([saving])  # never leave a write half done behind
+        bar.close()
+
+ROUND_COLUMNS = ['round', 'requests', 'failed', 'accepted', 'from_cache', 'surplus', 'rejected', 'tokens', 'usd', 'cached', 'llm_seconds', 'seconds', 'reasons', 'failures']
+
+def creation_result(run:Run, state:LoopState, why:str, rounds_now:int) -> CreationResult:
+    "The run's result: its records, its rounds (their rejections and failures summed up), why it stopped."
+    rounds = pd.DataFrame(state.rounds, columns=ROUND_COLUMNS)
+    rejections, failures = (sum((Counter(r) for r in rounds[c]), Counter()) for c in ('reasons', 'failures'))
+    return CreationResult(run.task, run.store.records, rounds.drop(columns=['reasons', 'failures']), rejections, failures, why, run.store.path,
+                          is_simulated(run.gen), rounds_now)
 
 async def acreate(task:Task,                 # what to create
                   n:int,                     # how many accepted examples to create
@@ -288,60 +437,52 @@ async def acreate(task:Task,                 # what to create
                   seed:int=42,               # seed of the strategies' random choices
                   structured:bool=None,      # send the task's JSON Schema as response_format; default: only to llama.cpp servers
                   validator:Validator=None,  # default: `Validator(task)`
-                  progress:bool=True         # show a progress bar
+                  progress:bool=True,        # show a progress bar
+                  restart:bool=False         # delete a previous run in `out` first (one this tool wrote) instead of resuming it
                  ) -> CreationResult:
     "Create `n` validated examples of `task` by self-referencing rounds; resumable from `out`."
     if generator is None:
-        with default_generator() as gen:
-            return await acreate(task, n, strategy, gen, out, per_request, parallel, max_rounds, stall_rounds, seed, structured, validator, progress)
-    for name, value in (('n', n), ('per_request', per_request), ('parallel', parallel)):
-        if not isinstance(value, int) or value < 1: raise TaskError(f"must be a whole number of at least 1, got {value!r}", name)
-    strat = get_strategy(strategy) if isinstance(strategy, str) else strategy
+        with default_generator() as gen: return await acreate(task, n, strategy, gen, out, per_request, parallel, max_rounds, stall_rounds, seed, structured, validator, progress, restart)
+    check_counts(n=n, per_request=per_request, parallel=parallel); check_counts(True, max_rounds=max_rounds, stall_rounds=stall_rounds)
+    strat, structured = get_strategy(strategy) if isinstance(strategy, str) else strategy, generator.server_kind == 'llama_cpp' if structured is None else structured
+    fmt = adapt_response_format(response_format(task, per_request), generator.server_kind) if structured else None
+    settings = run_settings(task, generator, strat, structured=structured, parallel=parallel, per_request=per_request, seed=seed)
+    refuse_foreign(out)
     with exclusive(out):  # a second run writing the same file is refused, not interleaved
-        store, where = RecordFile(out), state_path(out)
-        state = resume(task, strat, store, parallel, where)
-        check_settings(state, {'task': task.name, 'strategy': strat.name, 'per_request': per_request, 'seed': seed}, where)
-        validator = validator or Validator(task)
-        validator.add_accepted([task.from_record(r) for r in store.records])
-        structured = generator.server_kind == 'llama_cpp' if structured is None else structured
-        fmt = adapt_response_format(response_format(task, per_request), generator.server_kind) if structured else None
-        bar = tqdm(total=n, initial=min(len(store), n), disable=not progress, desc=f"{task.name} [{strat.name}]", unit='ex')
-        fresh, saving = [], None   # the last round's records, not yet on disk; the thread writing the ones before
-        try:
-            while (why := stop_reason(state, len(store) + len(fresh), generator, n, max_rounds, stall_rounds)) is None:
-                state.running, state.count_at_start = True, len(store) + len(fresh)
-                saving = asyncio.create_task(asyncio.to_thread(save_round, store, fresh, snapshot(state), where))  # before the tree pops its seeds
-                seeds = plan_round(state, strat, task, requests_needed(n - state.count_at_start, per_request, parallel))
-                stats, fresh = await run_round(task, generator, validator, strat, state.count_at_start, state, seeds, n, per_request, fmt, seed)
-                await saving  # the records before this round are on disk: now they count
-                bar.update(min(len(store), n) - bar.n)
-                state.rounds.append(stats)
-                state.stall = 0 if stats['accepted'] else state.stall + 1
-                state.round, state.running = state.round + 1, False
-            save_round(store, fresh, state, where)
-            bar.update(min(len(store), n) - bar.n)
-        finally:
-            if saving is not None: await asyncio.wait([saving])  # never leave a write half done behind
-            bar.close()
-            await generator.aclose()  # its HTTP client belongs to this event loop
-        rounds = pd.DataFrame(state.rounds, columns=['round', 'requests', 'failed', 'accepted', 'surplus', 'rejected', 'tokens', 'usd', 'cached',
-                                                     'llm_seconds', 'seconds', 'reasons', 'failures'])
-        rejections, failures = (sum((Counter(r) for r in rounds[c]), Counter()) for c in ('reasons', 'failures'))
-        return CreationResult(task, store.records, rounds.drop(columns=['reasons', 'failures']), rejections, failures, why, store.path,
-                              generator.model.startswith('simulated'))
+        run, state = open_run(task, generator, strat, out, validator, restart, settings, n=n, per_request=per_request, parallel=parallel,
+                              seed=seed, fmt=fmt, max_rounds=max_rounds, stall_rounds=stall_rounds)
+        before = len(state.rounds)
+        try: why = await run_rounds(run, state, progress)
+        finally: await generator.aclose()  # its HTTP client belongs to this event loop
+        return creation_result(run, state, why, len(state.rounds) - before)
 
 # %% ../nbs/05_create.ipynb #2fd5b2b7
+def run_on_worker(coro):
+    "Run `coro` in its own event loop on a worker thread and wait for it; an interrupt of the caller cancels it, clean-up done."
+    box, started = {}, threading.Event()
+    async def main():
+        box['task'] = asyncio.current_task(); started.set()
+        return await coro
+    def work():
+        try: box['result'] = asyncio.run(main())
+        except BaseException as e: box['error'] = e
+        finally: started.set()
+    worker = threading.Thread(target=work, daemon=True, name='datacreator-create'); worker.start()
+    try:
+        while worker.is_alive(): worker.join(0.1)   # short waits: an interrupt is seen between them
+    except KeyboardInterrupt:
+        started.wait()
+        try: box['task'].get_loop().call_soon_threadsafe(box['task'].cancel)
+        except (KeyError, RuntimeError): pass   # it never started, or has ended
+        worker.join(); raise
+    if 'error' in box: raise box['error']
+    return box['result']
+
 def create(task:Task, n:int, **kwargs) -> CreationResult:
     "Create `n` validated examples of `task`; see `acreate` for the options."
     try: asyncio.get_running_loop()
     except RuntimeError: return asyncio.run(acreate(task, n, **kwargs))
-    box = {}
-    def work():
-        try: box['result'] = asyncio.run(acreate(task, n, **kwargs))
-        except BaseException as e: box['error'] = e
-    t = threading.Thread(target=work); t.start(); t.join()
-    if 'error' in box: raise box['error']
-    return box['result']
+    return run_on_worker(acreate(task, n, **kwargs))
 
 # %% ../nbs/05_create.ipynb #10a4c319
 @contextmanager

@@ -12,20 +12,31 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from matplotlib.figure import Figure
-from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
+from fastcore.basics import patch
 
 from .task import data_path, read_jsonl, TASK_TYPES
+from .sampling import HashingEmbedder, VectorCache
+from .embed import default_embedder, embedder_name
 
 # %% auto #0
-__all__ = ['META_KEYS', 'PAPER_DATASETS', 'record_text', 'words', 'ngrams', 'vocabulary_size', 'distinct_n', 'tfidf_embed',
-           'mean_pairwise_similarity', 'seed_distance', 'drift_table', 'drift_by_round', 'label_counts', 'entropy_bits',
-           'label_shares', 'length_stats', 'DiversityReport', 'diversity_report', 'compare_reports',
-           'is_multiple_choice', 'DownstreamModel', 'separable_records', 'downstream_eval', 'ood_partners',
-           'relative_gap', 'accuracy_table', 'plot_accuracy', 'plot_drift', 'plot_cost', 'plot_rejections']
+__all__ = ['META_KEYS', 'PAPER_DATASETS', 'record_meta', 'record_text', 'words', 'ngrams', 'vocabulary_size', 'distinct_n',
+           'comparison_vectors', 'mean_pairwise_similarity', 'seed_distance', 'drift_table', 'drift_by_round',
+           'label_counts', 'entropy_bits', 'label_shares', 'length_stats', 'DiversityReport', 'diversity_report',
+           'compare_reports', 'is_multiple_choice', 'pair_features', 'DownstreamModel', 'separable_records',
+           'downstream_eval', 'ood_partners', 'relative_gap', 'accuracy_table', 'plot_accuracy', 'plot_drift',
+           'plot_cost', 'plot_rejections']
 
 # %% ../nbs/06_evaluate.ipynb #b874c92a
-META_KEYS = ('label', 'options', 'round', 'parent', 'strategy', 'model', 'id')
+META_KEYS = ('label', 'options', 'round', 'parent', 'depth', 'strategy', 'model', 'id', '_meta')
+
+def record_meta(rec:dict,     # a created record: provenance in its `_meta` object, or (older files) at the top level
+                key:str,      # e.g. 'round', 'strategy', 'parent'
+                default=None  # when the record does not say
+               ):
+    "One provenance value of a record, from `_meta` first, then from the record itself."
+    meta = rec.get('_meta')
+    return meta[key] if isinstance(meta, dict) and key in meta else rec.get(key, default)
 
 def record_text(rec:dict,          # a record in the paper's format, or any other JSON object
                 fields:tuple=None  # which fields to join; default: every string field that is not label, options or provenance
@@ -55,26 +66,26 @@ def distinct_n(texts:list[str], # the texts of a data set
     return len(set(grams)) / len(grams) if grams else 0.0
 
 # %% ../nbs/06_evaluate.ipynb #17a91c84
-def tfidf_embed(texts:list[str],   # texts to embed
-                fit:list[str]=None # texts to fit the vocabulary and IDF on; default: `texts`
-               ) -> sp.csr_matrix:
-    "L2-normalised TF-IDF rows of `texts` (word unigrams, English stop words removed)."
-    vec = TfidfVectorizer(token_pattern=r"[a-z0-9]+(?:'[a-z]+)?", stop_words='english', sublinear_tf=True)
-    try: vec.fit(fit if fit is not None else texts)
-    except ValueError: return sp.csr_matrix((len(texts), 1))  # no content words at all
-    return vec.transform(texts)
+def comparison_vectors(texts:list[str],  # texts to embed
+                       embedder=None,     # default: `embed.default_embedder()`, as the strategies use
+                       space:list=None    # texts whose word frequencies weight sparse vectors (idf); default: `texts`
+                      ):
+    "Unit rows of `texts` as `sampling.VectorCache` compares them (idf-weighted when sparse)."
+    cache = VectorCache(embedder or default_embedder())
+    cache.rows(space if space is not None else texts)
+    return cache.vectors(cache.rows(texts))
 
 def _rows(X): return X.toarray() if sp.issparse(X) else np.asarray(X, dtype=float)
 
 def mean_pairwise_similarity(texts:list[str],    # the texts of a data set
-                             embed=tfidf_embed,   # texts -> L2-normalised row vectors
+                             embedder=None,       # default: `embed.default_embedder()`
                              max_pairs:int=20000, # above this many pairs, average a random sample of pairs
                              seed:int=0           # for the sample
                             ) -> float:
     "Mean cosine similarity over pairs of different texts (NaN for fewer than 2 texts)."
     n = len(texts)
     if n < 2: return float('nan')
-    X = embed(texts)
+    X = comparison_vectors(texts, embedder)
     if n * (n - 1) // 2 <= max_pairs:
         S = _rows(X @ X.T)
         return float(S[np.triu_indices(n, 1)].mean())
@@ -83,31 +94,31 @@ def mean_pairwise_similarity(texts:list[str],    # the texts of a data set
     return float(np.asarray(X[i].multiply(X[j]).sum(1)).mean()) if sp.issparse(X) else float((X[i] * X[j]).sum(1).mean())
 
 # %% ../nbs/06_evaluate.ipynb #010cbec6
-def seed_distance(texts:list[str],   # texts to measure
-                  seed,              # the seed formatting example: a record or its text
-                  embed=tfidf_embed, # texts, fit -> L2-normalised rows
-                  space:list=None    # texts to fit the embedding on; default: `texts` and the seed
+def seed_distance(texts:list[str],  # texts to measure
+                  seed,             # the seed formatting example: a record or its text
+                  embedder=None,    # default: `embed.default_embedder()`
+                  space:list=None   # texts that weight sparse vectors (idf); default: `texts` and the seed
                  ) -> np.ndarray:
     "Cosine distance of each text to the seed example."
     seed_text = seed if isinstance(seed, str) else record_text(seed)
-    space = space if space is not None else [seed_text, *texts]
-    return 1 - _rows(embed(texts, fit=space)) @ _rows(embed([seed_text], fit=space))[0]
+    X = _rows(comparison_vectors([seed_text, *texts], embedder, space if space is not None else [seed_text, *texts]))
+    return 1 - X[1:] @ X[0]
 
-def drift_table(created:dict,      # {strategy name: records carrying a 'round' field}
-                seed,              # the seed formatting example: a record or its text
-                embed=tfidf_embed  # texts, fit -> L2-normalised rows
+def drift_table(created:dict,  # {strategy name: created records (round in `_meta` or at the top level)}
+                seed,          # the seed formatting example: a record or its text
+                embedder=None  # default: `embed.default_embedder()`
                ) -> pd.DataFrame:
     "Mean cosine distance to the seed of each round's examples, per strategy (columns strategy, round, n, drift)."
     texts = {s: [record_text(r) for r in recs] for s, recs in created.items() if recs}
     space = [seed if isinstance(seed, str) else record_text(seed)] + [t for ts in texts.values() for t in ts]
-    frames = [pd.DataFrame({'strategy': s, 'round': [r.get('round', 0) for r in created[s]],
-                            'drift': seed_distance(ts, seed, embed, space)}) for s, ts in texts.items()]
+    frames = [pd.DataFrame({'strategy': s, 'round': [record_meta(r, 'round', 0) for r in created[s]],
+                            'drift': seed_distance(ts, seed, embedder, space)}) for s, ts in texts.items()]
     if not frames: return pd.DataFrame(columns=['strategy', 'round', 'n', 'drift'])
     return pd.concat(frames).groupby(['strategy', 'round'], sort=False)['drift'].agg(n='size', drift='mean').reset_index()
 
-def drift_by_round(records:list[dict], seed, embed=tfidf_embed) -> pd.DataFrame:
+def drift_by_round(records:list[dict], seed, embedder=None) -> pd.DataFrame:
     "Mean cosine distance to `seed` of each round's examples (columns round, n, drift)."
-    return drift_table({'': records}, seed, embed).drop(columns='strategy')
+    return drift_table({'': records}, seed, embedder).drop(columns='strategy')
 
 # %% ../nbs/06_evaluate.ipynb #2bddffc7
 def label_counts(records:list[dict]) -> Counter:
@@ -150,11 +161,12 @@ class DiversityReport:
     distinct_1:float        # different unigrams / unigrams
     distinct_2:float        # different bigrams / bigrams
     distinct_3:float        # different trigrams / trigrams
-    mean_similarity:float   # mean pairwise cosine similarity (TF-IDF)
+    mean_similarity:float   # mean pairwise cosine similarity (by `embedder`)
     drift:float|None        # mean cosine distance to the seed example, if a seed was given
     label_shares:dict       # share of each label (or correct-option position)
     label_entropy:float     # entropy of the label shares, bits
     lengths:pd.DataFrame = field(repr=False)  # words per question / context
+    embedder:str = ''       # what the similarity and drift were measured with
 
     def row(self) -> dict:
         "The scalar measures, for a comparison table."
@@ -166,19 +178,19 @@ class DiversityReport:
         fmt = lambda v: '–' if v is None or (isinstance(v, float) and math.isnan(v)) else (f"{v:.3f}" if isinstance(v, float) else str(v))
         rows = [f"| {k} | {fmt(v)} |" for k, v in self.row().items()]
         shares = ', '.join(f"{k}: {v:.0%}" for k, v in self.label_shares.items())
-        return '\n'.join(["| measure | value |", "|---|---|", *rows, f"| label shares | {shares} |", "",
+        return '\n'.join(["| measure | value |", "|---|---|", *rows, f"| label shares | {shares} |", f"| similarity by | {self.embedder} |", "",
                           "**Words per field**", "", self.lengths.round(1).to_markdown() if len(self.lengths) else "(no text fields)"])
 
 def diversity_report(records:list[dict],  # the data set
                      seed=None,           # the seed formatting example (record or text), for drift
-                     embed=tfidf_embed    # texts -> L2-normalised rows
+                     embedder=None        # default: `embed.default_embedder()`, as the strategies use
                     ) -> DiversityReport:
     "Vocabulary, distinct-1/2/3, mean similarity, drift from the seed, label balance and lengths of `records`."
-    texts = [record_text(r) for r in records]
-    drift = float(seed_distance(texts, seed, embed).mean()) if seed is not None and records else None
+    texts, embedder = [record_text(r) for r in records], embedder or default_embedder()
+    drift = float(seed_distance(texts, seed, embedder).mean()) if seed is not None and records else None
     return DiversityReport(len(records), vocabulary_size(texts), *(distinct_n(texts, k) for k in (1, 2, 3)),
-                           mean_pairwise_similarity(texts, embed), drift, label_shares(records),
-                           entropy_bits(label_counts(records)), length_stats(records))
+                           mean_pairwise_similarity(texts, embedder), drift, label_shares(records),
+                           entropy_bits(label_counts(records)), length_stats(records), embedder_name(embedder))
 
 def compare_reports(reports:dict) -> pd.DataFrame:
     "One row of scalar measures per named report."
@@ -189,42 +201,86 @@ def is_multiple_choice(task_type:str) -> bool:
     "Whether the paper's task type has per-example options."
     return TASK_TYPES[task_type][1].kind == 'per_example'
 
+def pair_features(q, o):
+    "Features of (question, option) pairs from their row vectors: [q, o, q*o, |q-o|] (sparse or dense)."
+    if sp.issparse(q): return sp.hstack([q, o, q.multiply(o), abs(q - o)]).tocsr()
+    return np.hstack([q, o, q * o, np.abs(q - o)])
+
+def _yes_no_first(classes) -> list:
+    "The classes as Python values, True then False first, the rest in their sorted order."
+    classes = list(np.asarray(classes).tolist())
+    return [c for c in (True, False) if c in classes] + [c for c in classes if c is not True and c is not False]
+
 class DownstreamModel:
-    "TF-IDF + logistic regression: a yes/no classifier, or an option scorer for multiple choice."
-    def __init__(self, multiple_choice:bool, C:float=1.0, seed:int=0):
-        self.mc = multiple_choice
-        self.vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1)
+    "Logistic regression on text vectors: a label classifier, or an option scorer for multiple choice."
+    def __init__(self,
+                 multiple_choice:bool, # score each (question, option) pair instead of classifying the record
+                 embedder=None,        # texts -> unit rows (`sampling.Embedder`); default: `embed.default_embedder()`
+                 C:float=1.0,          # inverse regularisation strength of the logistic regression
+                 seed:int=0            # the regression's random state
+                ):
+        self.mc, self.embedder = multiple_choice, embedder or default_embedder()
         self.clf = LogisticRegression(C=C, max_iter=2000, random_state=seed, class_weight='balanced' if multiple_choice else None)
+        self.labels, self.used = None, None   # column order of `proba` for a classifier; sparse columns kept
 
-    def _pairs(self, records):
-        "Features of every (question, option) pair, and each pair's record index."
-        q = self.vec.transform([record_text(r) for r in records])
+    def _features(self, records):
+        "The feature rows (one per record, or one per option for multiple choice) and each row's record index."
+        q = self.embedder.embed([record_text(r) for r in records])
+        if not self.mc: return q, np.arange(len(records))
         idx = np.repeat(np.arange(len(records)), [len(r['options']) for r in records])
-        o = self.vec.transform([o for r in records for o in r['options']])
-        return sp.hstack([o, q[idx].multiply(o)]).tocsr(), idx
+        return pair_features(q[idx], self.embedder.embed([o for r in records for o in r['options']])), idx
 
-    def fit(self, records:list[dict]):
-        "Train on records in the paper's format."
-        if self.mc:
-            self.vec.fit([record_text(r) for r in records] + [o for r in records for o in r['options']])
-            X, _ = self._pairs(records)
-            y = [o == r['label'] for r in records for o in r['options']]
-        else:
-            X, y = self.vec.fit_transform([record_text(r) for r in records]), [r['label'] for r in records]
-        self.clf.fit(X, y)
-        return self
+# %% ../nbs/06_evaluate.ipynb #3f946b6f
+@patch
+def _columns(self:DownstreamModel, X, fit:bool=False):
+    "`X` restricted to the sparse columns the training rows used (the others have zero weight); dense `X` as is."
+    if not sp.issparse(X): return X
+    if fit: self.used = np.unique(X.indices)
+    return X[:, self.used]
 
-    def predict(self, records:list[dict]) -> list:
-        "Predicted label of each record."
-        if not self.mc: return list(self.clf.predict(self.vec.transform([record_text(r) for r in records])))
-        X, idx = self._pairs(records)
-        s, opts = self.clf.decision_function(X), [o for r in records for o in r['options']]
-        best = pd.Series(s).groupby(idx).idxmax()
-        return [opts[i] for i in best]
+@patch
+def fit(self:DownstreamModel,
+        records:list[dict],  # training records in the paper's format
+        sample_weight=None   # one weight per record (e.g. a curation score); default: all 1
+       ) -> DownstreamModel:
+    "Train on `records`; for multiple choice a record's weight goes to each of its options."
+    X, idx = self._features(records)
+    y = [o == r['label'] for r in records for o in r['options']] if self.mc else [r['label'] for r in records]
+    if len(set(y)) < 2:
+        raise ValueError("no training record's label is one of its options" if self.mc else f"the training records have one label only ({y[0]!r} or none): a classifier needs two")
+    if sample_weight is not None and len(sample_weight) != len(records):
+        raise ValueError(f"sample_weight has {len(sample_weight)} weights for {len(records)} records")
+    self.clf.fit(self._columns(X, fit=True), y, sample_weight=None if sample_weight is None else np.asarray(sample_weight, float)[idx])
+    if not self.mc: self.labels = _yes_no_first(self.clf.classes_)
+    return self
 
-    def accuracy(self, records:list[dict]) -> float:
-        "Share of records whose label is predicted."
-        return float(np.mean([p == r['label'] for p, r in zip(self.predict(records), records)])) if records else float('nan')
+# %% ../nbs/06_evaluate.ipynb #31a23310
+@patch
+def proba(self:DownstreamModel,
+          records:list[dict]  # records in the paper's format
+         ) -> np.ndarray:
+    "Probabilities per record: over `labels` ([True, False] for yes/no), or over the record's options for multiple choice."
+    X, idx = self._features(records)
+    X = self._columns(X)
+    if not self.mc:
+        classes = np.asarray(self.clf.classes_).tolist()
+        return self.clf.predict_proba(X)[:, [classes.index(c) for c in self.labels]]
+    scores = np.full((len(records), max((len(r['options']) for r in records), default=0)), np.nan)
+    scores[idx, np.arange(len(idx)) - np.searchsorted(idx, idx)] = self.clf.decision_function(X)
+    e = np.exp(scores - np.nanmax(scores, axis=1, keepdims=True))
+    return e / np.nansum(e, axis=1, keepdims=True)
+
+@patch
+def predict(self:DownstreamModel, records:list[dict]) -> list:
+    "Predicted label of each record: the most probable label or option."
+    if not records: return []
+    best = np.nanargmax(self.proba(records), axis=1)
+    return [r['options'][i] for r, i in zip(records, best)] if self.mc else [self.labels[i] for i in best]
+
+@patch
+def accuracy(self:DownstreamModel, records:list[dict]) -> float:
+    "Share of records whose label is predicted."
+    return float(np.mean([p == r['label'] for p, r in zip(self.predict(records), records)])) if records else float('nan')
 
 # %% ../nbs/06_evaluate.ipynb #6139e62a
 _FOOD = "apple banana carrot cherry grape lemon mango melon onion orange peach pear plum potato radish tomato walnut bread cheese rice".split()
@@ -291,24 +347,27 @@ def accuracy_table(results:pd.DataFrame,  # long: columns dataset, test, train (
     return wide
 
 # %% ../nbs/06_evaluate.ipynb #19199cf1
-def _grouped_bars(ax, df:pd.DataFrame, x:str, hue:str, y:str):
-    "Bars of `y` grouped by `x`, one colour per `hue`."
+def _grouped_bars(ax, df:pd.DataFrame, x:str, hue:str, y:str, marks:str=None):
+    "Bars of `y` grouped by `x`, one colour per `hue`; the column `marks`, when given, as black ticks on the bars."
     wide = df.pivot_table(index=x, columns=hue, values=y, sort=False, dropna=False)
+    ticks = df.pivot_table(index=x, columns=hue, values=marks, sort=False, dropna=False).reindex_like(wide) if marks else None
     width = 0.8 / max(len(wide.columns), 1)
     for k, col in enumerate(wide.columns):
-        ax.bar(np.arange(len(wide)) + (k - (len(wide.columns) - 1) / 2) * width, wide[col].fillna(0), width, label=str(col))
+        at = np.arange(len(wide)) + (k - (len(wide.columns) - 1) / 2) * width
+        ax.bar(at, wide[col].fillna(0), width, label=str(col))
+        if ticks is not None: ax.scatter(at, ticks[col], marker='_', s=120, color='k', zorder=3, label=marks if k == 0 else None)
     ax.set_xticks(np.arange(len(wide)), [str(i) for i in wide.index], rotation=30, ha='right')
     ax.set_ylabel(y)
     ax.legend(fontsize='small', ncols=min(len(wide.columns), 6))
 
-def plot_accuracy(results:pd.DataFrame # long: columns test label, train, accuracy, and kind ('ID'/'OOD')
+def plot_accuracy(results:pd.DataFrame # long: columns test label, train, accuracy, kind ('ID'/'OOD'), and optionally paper
                  ) -> Figure:
-    "Accuracy bars of D_L and each strategy, one panel per kind of test (ID, OOD)."
+    "Accuracy bars of D_L and each strategy, one panel per kind of test (ID, OOD); the paper's numbers as black ticks."
     kinds = list(results['kind'].unique()) if 'kind' in results else [None]
     fig = Figure(figsize=(5 + 0.6 * results['test'].nunique(), 3.6 * len(kinds)), layout='constrained')
     for ax, kind in zip(np.atleast_1d(fig.subplots(len(kinds), 1)), kinds):
         part = results if kind is None else results[results['kind'] == kind]
-        _grouped_bars(ax, part, 'test', 'train', 'accuracy')
+        _grouped_bars(ax, part, 'test', 'train', 'accuracy', 'paper' if 'paper' in part else None)
         ax.set_title(f"Downstream accuracy ({kind})" if kind else "Downstream accuracy")
     return fig
 

@@ -4,14 +4,14 @@
 
 # %% ../nbs/07_local_model.ipynb #ebfafe51
 from __future__ import annotations
-import atexit, ctypes, importlib.util, os, signal, socket, subprocess, sys, tempfile, threading, time, urllib.request
+import argparse, atexit, importlib.util, os, runpy, signal, socket, subprocess, sys, tempfile, threading, time, urllib.request
 from importlib import resources
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['GGUF_NAME', 'MODEL_ALIAS', 'INSTALL_HINT', 'PR_SET_PDEATHSIG', 'SERVER_KINDS', 'LocalModelError', 'bundled_gguf',
-           'free_port', 'server_command', 'ModelServer', 'serve_model', 'grammar_schema', 'adapt_response_format',
-           'serve_forever']
+__all__ = ['GGUF_NAME', 'MODEL_ALIAS', 'INSTALL_HINT', 'ENGINES', 'SERVER_KINDS', 'LocalModelError', 'bundled_gguf', 'free_port',
+           'native_available', 'server_command', 'run_child', 'ModelServer', 'serve_model', 'grammar_schema',
+           'adapt_response_format', 'serve_forever']
 
 # %% ../nbs/07_local_model.ipynb #07c5bdfc
 GGUF_NAME = 'SmolLM2-135M-Instruct.Q4_1.gguf'
@@ -29,33 +29,66 @@ def bundled_gguf() -> Path:
     return path
 
 # %% ../nbs/07_local_model.ipynb #a15d900d
+ENGINES = {'native': "llama.cpp's native server", 'llama-cpp-python': "llama-cpp-python's server"}  # engine: its name in messages
+
 def free_port(host:str='127.0.0.1') -> int:
     "A TCP port on `host` that nothing listens on right now."
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
 
-def server_command(gguf:Path,                # the GGUF model file
+def native_available() -> bool:
+    "Whether llama.cpp's native server (the `xllamacpp` package) is installed."
+    return importlib.util.find_spec('xllamacpp') is not None
+
+def server_command(engine:str,               # 'native' (llama.cpp's server, batched) or 'llama-cpp-python' (one request at a time)
+                   gguf:Path,                # the GGUF model file
                    port:int,                 # TCP port to listen on
-                   n_ctx:int=2048,           # context window in tokens (prompt + reply)
+                   n_ctx:int=2048,           # context window of one request in tokens (prompt + reply)
                    n_threads:int=2,          # CPU threads for generation and prompt processing
+                   slots:int=8,              # requests the native server decodes together
                    alias:str=MODEL_ALIAS,    # the model name clients send
                    host:str='127.0.0.1'      # interface to listen on
                   ) -> list[str]:
-    "The command line that serves `gguf` with llama-cpp-python's OpenAI-compatible server."
-    return [sys.executable, '-m', 'llama_cpp.server', '--model', str(gguf), '--model_alias', alias,
-            '--host', host, '--port', str(port), '--n_ctx', str(n_ctx),
-            '--n_threads', str(n_threads), '--n_threads_batch', str(n_threads),
-            '--logits_all', 'False', '--use_mlock', 'False']
+    "The command line of a child process that serves `gguf` with `engine` until its stdin closes."
+    if engine not in ENGINES: raise ValueError(f"engine must be one of {list(ENGINES)}, got {engine!r}")
+    common = ['--model', str(gguf), '--model_alias', alias, '--host', host, '--port', str(port), '--n_threads', str(n_threads)]
+    extra = (['--n_ctx', str(n_ctx * slots), '--parallel', str(slots)] if engine == 'native' else
+             ['--n_ctx', str(n_ctx), '--n_threads_batch', str(n_threads), '--logits_all', 'False', '--use_mlock', 'False'])
+    return [sys.executable, '-c', 'from datacreator_nb.local_model import run_child; run_child()', engine, *common, *extra]
+
+# %% ../nbs/07_local_model.ipynb #e8d9264e
+def _exit_at_end_of_stdin():
+    "Wait until stdin ends (the parent closed it or died), then end this process at once."
+    while os.read(0, 4096): pass  # the raw descriptor: a buffered `sys.stdin` would hold a lock that blocks interpreter exit
+    os._exit(0)
+
+def _serve_native(args:list[str]):
+    "Serve with llama.cpp's native server (`xllamacpp`) in this process until it is ended."
+    import xllamacpp
+    ap = argparse.ArgumentParser(prog='native llama.cpp server')
+    for name in ('--model', '--model_alias', '--host'): ap.add_argument(name, required=True)
+    for name in ('--port', '--n_threads', '--n_ctx', '--parallel'): ap.add_argument(name, type=int, required=True)
+    a, p = ap.parse_args(args), xllamacpp.CommonParams()
+    p.model.path, p.model_alias, p.hostnames, p.port, p.ui = a.model, {a.model_alias}, [a.host], a.port, False
+    p.n_ctx, p.n_parallel, p.cont_batching = a.n_ctx, a.parallel, True   # the context is split evenly across the slots
+    p.cpuparams.n_threads = p.cpuparams_batch.n_threads = a.n_threads
+    p.sampling.penalty_repeat = 1.1  # llama-cpp-python's server default: without it the tiny model copies its example far more
+    try: server = xllamacpp.Server(p)  # loads the model, then answers HTTP on its own threads
+    except RuntimeError as e: sys.exit(f"llama.cpp's native server could not start ({e}); the lines above say why")
+    threading.Event().wait()
+
+def run_child(argv:list[str]=None): # the engine, then its settings; default: `sys.argv[1:]`
+    "The model server's process: end when the parent's pipe on stdin closes, and serve with the engine named first."
+    engine, *args = sys.argv[1:] if argv is None else argv
+    threading.Thread(target=_exit_at_end_of_stdin, daemon=True).start()
+    os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')  # read when llama.cpp loads: idle threads sleep instead of spinning
+    if engine == 'native': return _serve_native(args)
+    sys.argv = ['llama_cpp.server', *args]
+    runpy.run_module('llama_cpp.server', run_name='__main__', alter_sys=True)
 
 # %% ../nbs/07_local_model.ipynb #d266ffc3
 _RUNNING = set()  # servers to stop when Python exits
-_libc = ctypes.CDLL(None, use_errno=True) if sys.platform == 'linux' else None
-PR_SET_PDEATHSIG = 1
-
-def _die_with_parent():
-    "In the child, before exec: ask Linux to kill this process when its parent dies."
-    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 def _signal_group(pid:int, sig:int):
     "Send `sig` to the process group led by `pid`, if it still exists."
@@ -75,21 +108,25 @@ def _require_server_extra():
 
 # %% ../nbs/07_local_model.ipynb #d15ec974
 class ModelServer:
-    "A llama-cpp-python OpenAI-compatible server in a child process: start, wait until it answers, stop."
-    kind = 'llama_cpp'  # the `server_kind` to give `adapt_response_format`
+    "llama.cpp's native server (or llama-cpp-python's) in a child process: start, wait until it answers, stop."
+    kind = 'llama_cpp'  # the `server_kind` to give `adapt_response_format` (both engines take llama.cpp's form)
 
     def __init__(self,
                  gguf:str|Path=None,       # GGUF model file; default: the bundled SmolLM2-135M-Instruct
                  port:int=0,               # TCP port; 0 picks a free one
-                 n_ctx:int=2048,           # context window in tokens (prompt + reply)
+                 n_ctx:int=2048,           # context window of one request in tokens (prompt + reply)
                  n_threads:int=2,          # CPU threads
                  alias:str=MODEL_ALIAS,    # the model name clients send
                  timeout:float=60.0,       # seconds to wait for the server to answer
-                 host:str='127.0.0.1'      # interface to listen on
+                 host:str='127.0.0.1',     # interface to listen on
+                 slots:int=8,              # requests decoded together by the native server: the loop's `parallel`
+                 native:bool|None=None     # True: the native server or an error; False: llama-cpp-python's; None: native, else fall back
                 ):
         self.gguf = Path(gguf).expanduser() if gguf else bundled_gguf()
         if not self.gguf.is_file(): raise FileNotFoundError(f"no GGUF model file at {self.gguf}")
+        if not isinstance(slots, int) or slots < 1: raise ValueError(f"slots must be a whole number of at least 1, got {slots!r}")
         self.port, self.n_ctx, self.n_threads, self.model, self.timeout, self.host = port, n_ctx, n_threads, alias, timeout, host
+        self.slots, self.native, self.engine = slots, native, None
         self.proc, self.log_path, self.startup_seconds, self._peak_kb = None, None, None, None
 
     @property
@@ -113,38 +150,51 @@ class ModelServer:
         return None if self._peak_kb is None else self._peak_kb / 1024
 
 # %% ../nbs/07_local_model.ipynb #1eabb459
-def _start(self:ModelServer):
-    "Launch the server and wait until `GET /v1/models` answers; on failure stop it and raise `LocalModelError`."
-    if self.running: return self
-    _require_server_extra()
-    self.port = self.port or free_port(self.host)
-    fd, log = tempfile.mkstemp(prefix='datacreator-llama-', suffix='.log')
+def _launch(self:ModelServer, engine:str):
+    "Start `engine` in a child process and wait until it answers; on failure stop it, keep its log, raise `LocalModelError`."
+    self.engine, self.port = engine, self.port or free_port(self.host)
+    fd, log = tempfile.mkstemp(prefix=f'datacreator-{engine}-', suffix='.log')
     self.log_path, t0 = Path(log), time.monotonic()
-    guard = _die_with_parent if _libc is not None and threading.current_thread() is threading.main_thread() else None
-    with os.fdopen(fd, 'wb') as out:
-        self.proc = subprocess.Popen(server_command(self.gguf, self.port, self.n_ctx, self.n_threads, self.model, self.host),
-                                     stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                     start_new_session=True, preexec_fn=guard)
+    with os.fdopen(fd, 'wb') as out:  # stdin: a pipe whose end tells the child that its parent is gone
+        self.proc = subprocess.Popen(server_command(engine, self.gguf, self.port, self.n_ctx, self.n_threads, self.slots, self.model, self.host),
+                                     stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     _RUNNING.add(self)
     try: self._wait_ready()
     except BaseException:
-        self.stop()
+        self.stop(keep_log=True)
         raise
     self.startup_seconds = time.monotonic() - t0
+
+def _start(self:ModelServer):
+    "Start the native server (else, unless `native=True`, llama-cpp-python's, saying so in one line) and wait until it answers."
+    if self.running: return self
+    if self.native is not False:
+        try:
+            if not native_available(): raise LocalModelError(f"llama.cpp's native server is not installed (package xllamacpp): {INSTALL_HINT}")
+            self._launch('native')
+            return self
+        except LocalModelError as e:
+            if self.native: raise
+            print(f"datacreator: {str(e).splitlines()[0]}; falling back to llama-cpp-python's server, which answers one request at a time.",
+                  file=sys.stderr, flush=True)
+    _require_server_extra()
+    self._launch('llama-cpp-python')
     return self
 
 def _wait_ready(self:ModelServer):
     "Poll `/v1/models` until it answers, the child dies, or `timeout` passes."
-    deadline = time.monotonic() + self.timeout
+    deadline, name = time.monotonic() + self.timeout, f"{ENGINES[self.engine]} for {self.gguf}"
     while time.monotonic() < deadline:
         if self.proc.poll() is not None:
-            raise LocalModelError(f"the model server for {self.gguf} exited (code {self.proc.returncode}) before answering; its log ends:\n{self.log_tail()}")
+            raise LocalModelError(f"{name} exited (code {self.proc.returncode}) before answering (log kept at {self.log_path})\nits log ends:\n{self.log_tail()}")
         if _answers(f"{self.base_url}/models"): return
         time.sleep(0.1)
-    raise LocalModelError(f"the model server for {self.gguf} did not answer {self.base_url}/models within {self.timeout:g} s; its log ends:\n{self.log_tail()}")
+    raise LocalModelError(f"{name} did not answer {self.base_url}/models within {self.timeout:g} s (log kept at {self.log_path})\nits log ends:\n{self.log_tail()}")
 
-def _stop(self:ModelServer, grace:float=5.0):
-    "Stop the server's process group: SIGTERM, then SIGKILL after `grace` seconds; remove its log."
+def _stop(self:ModelServer,
+          grace:float=5.0,      # seconds between SIGTERM and SIGKILL
+          keep_log:bool=False): # keep the server's log (it failed: the log says why)
+    "Stop the server's process group: SIGTERM, then SIGKILL after `grace` seconds; remove its log unless `keep_log`."
     _RUNNING.discard(self)
     if self.proc is None: return
     self.peak_rss_mb  # remember the peak memory while /proc still has it
@@ -153,9 +203,10 @@ def _stop(self:ModelServer, grace:float=5.0):
     except subprocess.TimeoutExpired:
         _signal_group(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
-    if self.log_path: self.log_path.unlink(missing_ok=True)
+    self.proc.stdin.close()
+    if self.log_path and not keep_log: self.log_path.unlink(missing_ok=True)
 
-ModelServer.start, ModelServer._wait_ready, ModelServer.stop = _start, _wait_ready, _stop
+ModelServer._launch, ModelServer.start, ModelServer._wait_ready, ModelServer.stop = _launch, _start, _wait_ready, _stop
 ModelServer.__enter__ = lambda self: self.start()
 ModelServer.__exit__ = lambda self, *exc: self.stop()
 
@@ -168,16 +219,17 @@ def _stop_all():
 def _repr_markdown_(self:ModelServer) -> str:
     state = 'running' if self.running else 'not running'
     fmt = lambda v, spec: '–' if v is None else format(v, spec)
+    batching = f"{self.slots} slots of {self.n_ctx} tokens" if self.engine == 'native' else f"one request at a time, {self.n_ctx} tokens"
     rows = [('model', f"`{self.model}` ({self.gguf.name}, {self.gguf.stat().st_size/1e6:.0f} MB)"),
-            ('base_url', f"`{self.base_url}`"), ('state', f"{state} (pid {self.pid})"),
-            ('threads / context', f"{self.n_threads} / {self.n_ctx} tokens"),
+            ('server', ENGINES.get(self.engine, 'not started')), ('base_url', f"`{self.base_url}`"), ('state', f"{state} (pid {self.pid})"),
+            ('threads / batching', f"{self.n_threads} / {batching}"),
             ('start-up', f"{fmt(self.startup_seconds, '.1f')} s"), ('peak memory', f"{fmt(self.peak_rss_mb, '.0f')} MB")]
     return '| | |\n|---|---|\n' + '\n'.join(f"| {k} | {v} |" for k, v in rows)
 ModelServer._repr_markdown_ = _repr_markdown_
 
 # %% ../nbs/07_local_model.ipynb #3632ac55
 def serve_model(gguf:str|Path=None, # GGUF model file; default: the bundled SmolLM2-135M-Instruct
-                **kwargs            # `port`, `n_ctx`, `n_threads`, `alias`, `timeout`, `host` of `ModelServer`
+                **kwargs            # `port`, `n_ctx`, `n_threads`, `alias`, `timeout`, `host`, `slots`, `native` of `ModelServer`
                ) -> ModelServer:
     "Start a local OpenAI-compatible server for `gguf` and wait until it answers."
     return ModelServer(gguf, **kwargs).start()
@@ -207,14 +259,16 @@ def adapt_response_format(rf:dict,                 # an OpenAI-style `response_f
 def serve_forever(gguf:str|Path=None, # GGUF model file; default: the bundled SmolLM2-135M-Instruct
                   port:int=8000,      # TCP port to listen on
                   out=print,          # where to write the connection settings
-                  **kwargs            # `n_ctx`, `n_threads`, `alias`, `timeout`, `host` of `ModelServer`
+                  **kwargs            # `n_ctx`, `n_threads`, `alias`, `timeout`, `host`, `slots`, `native` of `ModelServer`
                  ) -> int:
     "Serve `gguf` until Ctrl-C, printing how to point the `openai` client at it; returns the exit code."
     with serve_model(gguf, port=port, **kwargs) as srv:
         try:
-            out(f"Serving {srv.gguf.name} as model '{srv.model}' (pid {srv.pid}). Point the openai client at it:\n"
+            out(f"Serving {srv.gguf.name} as model '{srv.model}' (pid {srv.pid}) with {ENGINES[srv.engine]}"
+                f"{f', {srv.slots} requests at a time' if srv.engine == 'native' else ', one request at a time'}. Point the openai client at it:\n"
                 f"  export OPENAI_BASE_URL={srv.base_url}\n  export OPENAI_API_KEY=not-needed\nPress Ctrl-C to stop.")
             sys.stdout.flush()
             code = srv.proc.wait()
         except KeyboardInterrupt: return 0
-        raise LocalModelError(f"the model server stopped by itself (code {code}); its log ends:\n{srv.log_tail()}")
+        srv.stop(keep_log=True)
+        raise LocalModelError(f"the model server stopped by itself (code {code}); its log (kept at {srv.log_path}) ends:\n{srv.log_tail()}")

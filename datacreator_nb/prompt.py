@@ -8,29 +8,60 @@ import json
 from .task import Task, preset, TASK_TYPES
 
 # %% auto #0
-__all__ = ['STYLES', 'system_instruction', 'render_example', 'user_message', 'messages', 'show_prompt', 'reply_schema',
-           'response_format']
+__all__ = ['STYLES', 'system_instruction', 'conditions_rule', 'targets_rule', 'canonical', 'render_example', 'user_message',
+           'messages', 'show_prompt', 'reply_schema', 'response_format']
 
 # %% ../nbs/01_prompt.ipynb #47d1959f
 STYLES = ('array', 'paper')
 
-def system_instruction(task:Task,        # what to create
-                       n:int=5,          # how many examples one reply should hold
-                       style:str='array' # 'array': one JSON array; 'paper': unnumbered JSON objects
+def system_instruction(task:Task,               # what to create
+                       n:int=5,                 # how many examples one reply should hold
+                       style:str='array',       # 'array': one JSON array; 'paper': unnumbered JSON objects
+                       conditions:dict=None,    # {attribute: value} every created example must fit
+                       label_targets:dict=None  # {label (or answer position for MCQA): count}, summing to n
                       ) -> str:
-    "The paper's rules for creating `n` more examples of `task`."
+    "The paper's rules for creating `n` more examples of `task`, with the request's conditions and label targets."
     if style not in STYLES: raise ValueError(f"style must be one of {STYLES}, got {style!r}")
     labels = task.label_space.labels
     answers = ("The created examples **must** all have different answers." if labels is None or n <= len(labels)
                else "The created examples **must** use a mix of the possible answers.")
     rules = [f"You are creating {n} more examples that follow the format of the example provided, but with a different content.",
-             answers]
+             targets_rule(task, label_targets, n) if label_targets else answers]
     if task.label_space.kind == 'fixed' and task.options_key: rules.append("The created examples **must** have the same options as the provided example.")
+    if conditions: rules.append(conditions_rule(conditions))
     rules.append(f"The output **must** be a JSON array of {n} objects with exactly the keys of the example, and nothing else." if style == 'array'
                  else "The output **must** be in unnumbered JSON format.")
     return f"Task: {task.instruction}\n\n" + '\n'.join(f"- {r}" for r in rules)
 
+# %% ../nbs/01_prompt.ipynb #961b74af
+def conditions_rule(conditions:dict # {attribute: value}, e.g. {"topic": "volcanoes", "difficulty": "hard"}
+                   ) -> str:
+    "The rule asking every created example to fit the request's conditions."
+    if not isinstance(conditions, dict) or not all(isinstance(k, str) and isinstance(v, str) and v.strip() for k, v in conditions.items()):
+        raise ValueError(f"conditions must map attribute names to non-empty strings, got {conditions!r}")
+    return "The created examples **must** be about: " + '; '.join(f"{k} = {v}" for k, v in conditions.items()) + "."
+
+def _label_text(task:Task, label) -> str:
+    "How a label target names its label: an answer as the model writes it, or an option position for MCQA."
+    if task.label_space.kind == 'per_example': return f"the correct answer as option {label}"
+    return f"answer {label}" if isinstance(label, bool) else f"answer {json.dumps(label, ensure_ascii=False)}"
+
+def targets_rule(task:Task,    # the task whose labels are counted
+                 targets:dict, # {label, or 1-based answer position for MCQA: how many examples}
+                 n:int         # examples asked for; the counts must add up to it
+                ) -> str:
+    "The rule asking for a given number of examples per label."
+    if sum(targets.values()) != n: raise ValueError(f"label targets ask for {sum(targets.values())} examples, but the request asks for {n}")
+    parts = [f"{c} with {_label_text(task, label)}" for label, c in targets.items() if c]
+    return f"Of the {n} created examples, there **must** be exactly " + ', '.join(parts) + "."
+
 # %% ../nbs/01_prompt.ipynb #1a04e5fa
+def canonical(task:Task, # the task whose key order to use
+              ex:dict    # an example, its keys in any order
+             ) -> dict:
+    "`ex` with the task's keys first, in the task's order, then the keys the task does not know, sorted."
+    return {k: ex[k] for k in [k for k in task.example if k in ex] + sorted(k for k in ex if k not in task.example)}
+
 def render_example(ex:dict) -> str:
     "A formatting example as indented JSON."
     return json.dumps(ex, indent=2, ensure_ascii=False)
@@ -46,15 +77,18 @@ def user_message(examples:list[dict], # formatting example(s) shown to the model
     return f"{head}\n{shown}\n\n{ask}"
 
 # %% ../nbs/01_prompt.ipynb #fa8e825c
-def messages(task:Task,              # what to create
+def messages(task:Task,                # what to create
              examples:list[dict]=None, # formatting example(s); default: the task's own example
              n:int=5,                  # how many examples to ask for in one request
-             style:str='array'         # 'array' or 'paper'
+             style:str='array',        # 'array' or 'paper'
+             conditions:dict=None,     # {attribute: value} for this request, e.g. from `attributes.sample_conditions`
+             label_targets:dict=None   # {label or MCQA answer position: count} for this request, e.g. from `attributes.label_targets`
             ) -> list[dict]:
-    "Chat messages asking for `n` new examples of `task` in the format of `examples`."
+    "Chat messages asking for `n` new examples of `task` in the format of `examples`, rendered canonically."
     if n < 1: raise ValueError(f"n must be at least 1, got {n}")
-    return [{"role": "system", "content": system_instruction(task, n, style)},
-            {"role": "user", "content": user_message(examples or [task.example], n, style)}]
+    shown = [canonical(task, e) for e in examples or [task.example]]
+    return [{"role": "system", "content": system_instruction(task, n, style, conditions, label_targets)},
+            {"role": "user", "content": user_message(shown, n, style)}]
 
 # %% ../nbs/01_prompt.ipynb #3796e861
 def show_prompt(msgs:list[dict]) -> str:

@@ -41,6 +41,7 @@ class Embedder(Protocol):
 
 class HashingEmbedder:
     "Offline word 1-2 gram vectors: hashing trick, sublinear tf, L2-normalised rows; needs no fitting."
+    name = 'hashed TF-IDF (words 1-2)'
     def __init__(self,
                  n_features:int=2**20,          # hashed feature space; collisions are rare below ~1M distinct n-grams
                  ngram_range:tuple=(1, 2),      # word n-grams to count
@@ -199,9 +200,10 @@ class BySimilarity(Strategy):
 
     def __init__(self,
                  text:Callable[[dict], str]=question_text,  # the text an example is compared by
-                 embedder:Embedder=None                     # default: `HashingEmbedder()` (offline TF-IDF-like)
+                 embedder:Embedder=None                     # default: `embed.default_embedder()` (MiniLM, else TF-IDF)
                 ):
-        self.text, self.cache = text, VectorCache(embedder)
+        from datacreator_nb.embed import default_embedder   # the embed module builds on this one
+        self.text, self.cache = text, VectorCache(embedder or default_embedder())
 
     def scores(self, current:list[dict], candidates:list[dict]) -> np.ndarray:
         "Each candidate's cosine similarity to the current example(s), averaged over them."
@@ -242,7 +244,7 @@ ALIASES = {'diverse': 'contrastive'}
 
 def get_strategy(name:str,                                  # 'naive', 'random', 'contrastive' (or 'diverse'), 'similar', 'tree'
                  text:Callable[[dict], str]=question_text,  # the text examples are compared by (contrastive, similar)
-                 embedder:Embedder=None                     # embedder for contrastive/similar; default `HashingEmbedder()`
+                 embedder:Embedder=None                     # embedder for contrastive/similar; default `embed.default_embedder()`
                 ) -> Strategy:
     "A new strategy object by name."
     key = ALIASES.get(str(name).strip().lower(), str(name).strip().lower())

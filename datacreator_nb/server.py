@@ -7,13 +7,14 @@ from __future__ import annotations
 import asyncio, inspect, itertools, json, random, re, threading, time
 from collections import deque
 from dataclasses import dataclass
-from http.client import responses
 from typing import Awaitable, Callable
 
+from aiohttp import web
+
 # %% auto #0
-__all__ = ['FAULTS', 'PROSE', 'Responder', 'WORDS', 'estimate_tokens', 'chat_response', 'Fault', 'damage', 'http_response',
-           'read_request', 'LocalServer', 'new_example', 'json_objects', 'requested_count', 'varied_examples',
-           'serve_local']
+__all__ = ['FAULTS', 'STATUS', 'FAULT_MIX', 'PROSE', 'HTML_PAGE', 'Responder', 'WORDS', 'estimate_tokens', 'chat_response',
+           'Fault', 'damage', 'fault_answer', 'web_response', 'LocalServer', 'new_example', 'json_objects',
+           'requested_count', 'varied_examples', 'serve_local']
 
 # %% ../nbs/02a_server.ipynb #22f7da24
 def estimate_tokens(text:str) -> int:
@@ -45,7 +46,13 @@ FAULTS = {
     'truncate': 'the first half of the content, finish_reason "length"',
     'prose': 'the content wrapped in chatty sentences',
     'empty': 'an empty content',
+    'throttle': 'HTTP 429 rate limited, without Retry-After (the client picks its own wait)',
+    'quota': 'HTTP 429 insufficient_quota: out of credit, no Retry-After, retrying cannot help',
+    'html': 'HTTP 200 with an HTML page for a body, as a proxy in the way answers',
+    'error200': 'HTTP 200 whose JSON body is an error object, not a completion',
 }
+STATUS = {'throttle': 429, 'quota': 429}
+FAULT_MIX = ('429', 'throttle', '500', 'drop', 'slow:5', 'truncate', 'html')
 
 @dataclass(frozen=True)
 class Fault:
@@ -67,7 +74,7 @@ class Fault:
     @property
     def status(self) -> int|None:
         "The HTTP status of an error fault, else None."
-        return int(self.kind) if self.kind.isdigit() else None
+        return int(self.kind) if self.kind.isdigit() else STATUS.get(self.kind)
 
     @property
     def delay(self) -> float:
@@ -90,28 +97,35 @@ def damage(content:str, fault:Fault|None) -> tuple[str, str]:
     if kind == 'empty': return '', 'stop'
     return content, 'stop'
 
-# %% ../nbs/02a_server.ipynb #f3504423
-def _error(message:str, kind:str='invalid_request_error') -> dict:
-    return {'error': {'message': message, 'type': kind, 'param': None, 'code': None}}
+# %% ../nbs/02a_server.ipynb #51fec153
+HTML_PAGE = ('<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway</h1></center>'
+             '<hr><center>simulated proxy</center></body></html>')
 
-def http_response(status:int,             # HTTP status
-                  payload:dict,           # the JSON body
-                  headers:dict|None=None  # extra headers, e.g. Retry-After
-                 ) -> bytes:
-    "An HTTP/1.1 response with a JSON body, as the bytes to send."
-    body = json.dumps(payload).encode()
-    head = {'Content-Type': 'application/json', 'Content-Length': len(body), **(headers or {})}
-    lines = [f'HTTP/1.1 {status} {responses.get(status, "Error")}', *(f'{k}: {v}' for k, v in head.items())]
-    return ('\r\n'.join(lines) + '\r\n\r\n').encode() + body
+def _error(message:str, kind:str='invalid_request_error', code:str|None=None) -> dict:
+    return {'error': {'message': message, 'type': kind, 'param': None, 'code': code}}
 
-async def read_request(reader:asyncio.StreamReader) -> tuple[str, str, dict, bytes]|None:
-    "The method, path, headers (lower-case names) and body of the next request; None once the client closed."
-    try: head = await reader.readuntil(b'\r\n\r\n')
-    except asyncio.IncompleteReadError: return None
-    line, *fields = head.decode('latin-1').split('\r\n')[:-2]
-    method, path, _ = line.split(' ', 2)
-    headers = {k.strip().lower(): v.strip() for k, _, v in (f.partition(':') for f in fields)}
-    return method, path, headers, await reader.readexactly(int(headers.get('content-length') or 0))
+def fault_answer(fault:Fault, # the fault of one request
+                 model:str    # the model name, to say which server answered
+                ) -> tuple[int, dict|str, dict]|None:
+    "The status, body and extra headers that replace the answer for `fault`; None for the other faults."
+    if fault.kind == 'quota':
+        return 429, _error('You exceeded your current quota, please check your plan and billing details (simulated).',
+                           'insufficient_quota', 'insufficient_quota'), {}
+    if fault.status:
+        retry = {'Retry-After': f'{fault.retry_after:g}'} if fault.retry_after is not None else {}
+        return fault.status, _error(f'simulated HTTP {fault.status} ({model} server)', 'server_error'), retry
+    if fault.kind == 'html': return 200, HTML_PAGE, {}
+    if fault.kind == 'error200': return 200, _error(f'simulated error inside a 200 answer ({model} server)', 'server_error'), {}
+    return None
+
+# %% ../nbs/02a_server.ipynb #143653bd
+def web_response(status:int,             # HTTP status
+                 payload:dict|str,       # the JSON body, or an HTML page
+                 headers:dict|None=None  # extra headers, e.g. Retry-After
+                ) -> web.Response:
+    "An aiohttp response with a JSON body, or an HTML one when `payload` is a str."
+    if isinstance(payload, str): return web.Response(status=status, text=payload, content_type='text/html', headers=headers)
+    return web.json_response(payload, status=status, headers=headers)
 
 # %% ../nbs/02a_server.ipynb #766fc1dc
 Responder = Callable[[dict], 'str|dict|Awaitable[str|dict]']
@@ -125,9 +139,16 @@ class LocalServer:
                  fault_fn:Callable|None=None,   # (request JSON, index) -> Fault/str/None, asked before the queue
                  port:int=0,                    # 0: a free port
                  model:str='simulated',         # model name reported by /v1/models and in answers
-                 api_key:str|None=None):        # if set, requests with another key get 401
+                 api_key:str|None=None,         # if set, requests with another key get 401
+                 fault_rate:float=0.0,          # chance that a request gets a random fault from `fault_mix`
+                 fault_mix=FAULT_MIX,           # the faults drawn at `fault_rate`
+                 seed:int=0,                    # random seed of those draws: request number i always gets the same
+                 load_latency:float=0.0):       # seconds added to `latency` per other request in flight
+        if not 0 <= fault_rate <= 1: raise ValueError(f'fault_rate must be between 0 and 1, not {fault_rate!r}')
+        if fault_rate and not fault_mix: raise ValueError('fault_rate needs a non-empty fault_mix')
         self.responder, self.latency, self.fault_fn, self.port, self.model = responder or varied_examples(), latency, fault_fn, port, model
-        self._api_key, self._loop, self._server = api_key, None, None
+        self.fault_rate, self.fault_mix, self.load_latency = fault_rate, [Fault.parse(f) for f in fault_mix], load_latency
+        self._api_key, self._loop, self._runner, self._rng, self.in_flight = api_key, None, None, random.Random(seed), 0
         self.faults, self.requests, self.served = deque(), [], []
         self.inject(*faults)
 
@@ -149,10 +170,11 @@ class LocalServer:
 
     def _repr_markdown_(self):
         state = f'serving at `{self.base_url}`' if self._loop else 'stopped'
+        rate = f'; {self.fault_rate:.0%} of requests fail at random' if self.fault_rate else ''
         return (f'**LocalServer** (simulated, not a model: `{self.model}`), {state}; latency {self.latency} s; '
-                f'{self.count} requests received; {len(self.faults)} faults queued')
+                f'{self.count} requests received; {len(self.faults)} faults queued{rate}')
 
-# %% ../nbs/02a_server.ipynb #0ad1b082
+# %% ../nbs/02a_server.ipynb #88ac5a99
 from fastcore.basics import patch
 
 @patch
@@ -161,16 +183,25 @@ def start(self:LocalServer):
     self._loop = asyncio.new_event_loop()
     self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
     self._thread.start()
-    listen = asyncio.start_server(self._serve, '127.0.0.1', self.port, backlog=1024)
-    try: self._server = asyncio.run_coroutine_threadsafe(listen, self._loop).result(10)
+    try: self._runner = asyncio.run_coroutine_threadsafe(self._listen(), self._loop).result(10)
     except OSError: self.stop(); raise
-    self.port = self._server.sockets[0].getsockname()[1]
+    self.port = self._runner.addresses[0][1]
     return self
+
+@patch
+async def _listen(self:LocalServer) -> web.ServerRunner:
+    "aiohttp's low-level server, every request handled by `route`, listening on 127.0.0.1:`port`."
+    server = web.Server(self.route, access_log=None, keepalive_timeout=60)
+    runner = web.ServerRunner(server, shutdown_timeout=0.01)  # 0 would wait for every handler to finish
+    await runner.setup()
+    try: await web.TCPSite(runner, '127.0.0.1', self.port, backlog=1024).start()
+    except OSError: await runner.cleanup(); raise
+    return runner
 
 @patch
 async def _close(self:LocalServer):
     "Close the listening socket and every connection."
-    if self._server: self._server.close()
+    if self._runner: await self._runner.cleanup()
     tasks = asyncio.all_tasks() - {asyncio.current_task()}
     for t in tasks: t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -182,39 +213,28 @@ def stop(self:LocalServer):
     asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(10)
     self._loop.call_soon_threadsafe(self._loop.stop)
     self._thread.join(10); self._loop.close()
-    self._loop = None
+    self._loop, self._runner = None, None
 
-# %% ../nbs/02a_server.ipynb #faeb018d
+# %% ../nbs/02a_server.ipynb #29ba6f89
 @patch
-async def _serve(self:LocalServer, reader:asyncio.StreamReader, writer:asyncio.StreamWriter):
-    "Answer the requests of one keep-alive connection."
-    try:
-        while req := await asyncio.wait_for(read_request(reader), 60):
-            method, path, headers, body = req
-            out = await self.route(method, path.rstrip('/'), headers, body)
-            if out is None: break  # a drop fault
-            writer.write(out)
-            await writer.drain()
-            if headers.get('connection', '').lower() == 'close': break
-    except (asyncio.TimeoutError, ConnectionError, ValueError, asyncio.LimitOverrunError, asyncio.IncompleteReadError): pass  # idle, gone or garbled
-    except asyncio.CancelledError: pass  # the server stops
-    finally: writer.close()
-
-@patch
-async def route(self:LocalServer, method:str, path:str, headers:dict, body:bytes) -> bytes|None:
-    "The response to one request; None to drop the connection."
+async def route(self:LocalServer, request:web.BaseRequest) -> web.Response:
+    "The response to one HTTP request."
+    arrived, method, path = asyncio.get_running_loop().time(), request.method, request.path.rstrip('/')
     if (method, path) == ('GET', '/v1/models'):
-        return http_response(200, {'object': 'list', 'data': [{'id': self.model, 'object': 'model', 'owned_by': 'datacreator_nb'}]})
-    if (method, path) == ('POST', '/v1/chat/completions'): return await self.answer(headers, body)
-    return http_response(404, _error(f'no route {method} {path}'))
+        return web_response(200, {'object': 'list', 'data': [{'id': self.model, 'object': 'model', 'owned_by': 'datacreator_nb'}]})
+    if (method, path) != ('POST', '/v1/chat/completions'): return web_response(404, _error(f'no route {method} {path}'))
+    out = await self.answer(request.headers, await request.read(), arrived)
+    if out is None and request.transport: request.transport.close()  # a drop fault: nothing is sent
+    return out or web.Response()
 
 # %% ../nbs/02a_server.ipynb #7f387eab
 @patch
 def next_fault(self:LocalServer, request:dict, index:int) -> Fault|None:
-    "The fault for request number `index`: from `fault_fn`, else the queue, else none."
+    "The fault for request number `index`: from `fault_fn`, else the queue, else one drawn at `fault_rate`, else none."
+    drawn = self._rng.choice(self.fault_mix) if self._rng.random() < self.fault_rate else None  # drawn every time: reproducible
     f = self.fault_fn(request, index) if self.fault_fn else None
     if f is None and self.faults: f = self.faults.popleft()
-    return None if f is None else Fault.parse(f)
+    return drawn if f is None else Fault.parse(f)
 
 @patch
 async def respond(self:LocalServer, request:dict) -> str|dict:
@@ -223,33 +243,38 @@ async def respond(self:LocalServer, request:dict) -> str|dict:
     return await out if inspect.isawaitable(out) else out
 
 @patch
-async def answer(self:LocalServer, headers:dict, body:bytes) -> bytes|None:
+async def answer(self:LocalServer,
+                 headers:dict,             # the request's headers
+                 body:bytes,               # the request's body
+                 arrived:float|None=None   # when it came in, on the loop's clock (default: now)
+                ) -> web.Response|None:
     "Record one chat request and return its response, `latency` seconds after it came in; None to drop the connection."
     loop = asyncio.get_running_loop()
-    due = loop.time() + self.latency
+    due = (loop.time() if arrived is None else arrived) + self.latency + self.load_latency * self.in_flight
     try: request = json.loads(body)
-    except ValueError: return http_response(400, _error('the request body is not JSON'))
+    except ValueError: return web_response(400, _error('the request body is not JSON'))
     self.requests.append(request)
     fault = self.next_fault(request, len(self.requests) - 1)
     self.served.append(fault.kind if fault else None)
-    out = await self.reply(headers, request, fault)
-    await asyncio.sleep(max(0.0, due + (fault.delay if fault else 0.0) - loop.time()))
+    self.in_flight += 1
+    try:
+        out = await self.reply(headers, request, fault)
+        await asyncio.sleep(max(0.0, due + (fault.delay if fault else 0.0) - loop.time()))
+    finally: self.in_flight -= 1
     return out
 
 @patch
-async def reply(self:LocalServer, headers:dict, request:dict, fault:Fault|None) -> bytes|None:
+async def reply(self:LocalServer, headers:dict, request:dict, fault:Fault|None) -> web.Response|None:
     "The response to a recorded chat request with its fault (None: drop the connection)."
     if self._api_key and headers.get('authorization') != f'Bearer {self._api_key}':
-        return http_response(401, _error('Incorrect API key provided.', 'invalid_api_key'))
-    if fault and fault.status:
-        retry = {'Retry-After': f'{fault.retry_after:g}'} if fault.retry_after is not None else None
-        return http_response(fault.status, _error(f'simulated HTTP {fault.status} ({self.model} server)', 'server_error'), retry)
+        return web_response(401, _error('Incorrect API key provided.', 'invalid_api_key'))
     if fault and fault.kind == 'drop': return None
+    if fault and (bad := fault_answer(fault, self.model)): return web_response(*bad)
     try: out = await self.respond(request)
-    except Exception as e: return http_response(500, _error(f'responder failed: {e!r}', 'server_error'))
-    if isinstance(out, dict): return http_response(200, out)
+    except Exception as e: return web_response(500, _error(f'responder failed: {e!r}', 'server_error'))
+    if isinstance(out, dict): return web_response(200, out)
     content, finish = damage(out, fault)
-    return http_response(200, chat_response(content, request, self.model, finish))
+    return web_response(200, chat_response(content, request, self.model, finish))
 
 # %% ../nbs/02a_server.ipynb #08fefced
 WORDS = """apple river mountain teacher window garden silver engine winter market doctor planet
@@ -297,14 +322,11 @@ def new_example(example:dict,        # the formatting example
     return out
 
 # %% ../nbs/02a_server.ipynb #78511c37
+from .validate import extract_objects
+
 def json_objects(text:str) -> list[dict]:
-    "The outermost JSON objects written anywhere in `text`."
-    dec, out, i = json.JSONDecoder(), [], 0
-    while (i := text.find('{', i)) != -1:
-        try: obj, i = dec.raw_decode(text, i)
-        except ValueError: i += 1; continue
-        if isinstance(obj, dict): out.append(obj)
-    return out
+    "The JSON objects written anywhere in `text`, read as the validator reads a reply."
+    return extract_objects(text)[0]
 
 def requested_count(text:str, default:int=3) -> int:
     "The first integer after 'Create' in `text`, else `default`."
@@ -337,13 +359,18 @@ def serve_local(port:int=0,            # 0: a free port
                 faults:str|list='',    # faults for the first requests, e.g. "429:2,500,drop"
                 seed:int=0,            # seed of the simulated examples
                 model:str='simulated', # model name reported
-                api_key:str|None=None  # if set, other keys get 401
+                api_key:str|None=None, # if set, other keys get 401
+                fault_rate:float=0.0,  # chance that a request gets a random fault from `fault_mix`
+                fault_mix:str|list=FAULT_MIX, # the faults drawn at `fault_rate`, e.g. "429,500,drop"
+                load_latency:float=0.0 # seconds added to `latency` per other request in flight
                ):
     "Serve the simulated data creator on 127.0.0.1 until Ctrl-C; prints the base_url."
-    faults = [f for f in faults.split(',') if f.strip()] if isinstance(faults, str) else faults
-    with LocalServer(varied_examples(seed), latency, faults, port=port, model=model, api_key=api_key) as srv:
+    split = lambda v: [f for f in v.split(',') if f.strip()] if isinstance(v, str) else v
+    with LocalServer(varied_examples(seed), latency, split(faults), port=port, model=model, api_key=api_key,
+                     fault_rate=fault_rate, fault_mix=split(fault_mix), seed=seed, load_latency=load_latency) as srv:
         print(srv.base_url, flush=True)
-        print(f'simulated OpenAI-compatible server (not a model), model "{model}"; Ctrl-C to stop', flush=True)
+        rate = f'; {fault_rate:.0%} of requests fail at random' if fault_rate else ''
+        print(f'simulated OpenAI-compatible server (not a model), model "{model}"{rate}; Ctrl-C to stop', flush=True)
         try:
             while True: time.sleep(3600)
         except KeyboardInterrupt: pass

@@ -4,18 +4,20 @@
 
 # %% ../nbs/00_task.ipynb #530d53ef
 from __future__ import annotations
-import json, random, re
-from dataclasses import dataclass, field, replace
+import json, random
+from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
 
 import jsonschema
+from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['TASK_TYPES', 'TaskError', 'LabelSpace', 'label_space_from_spec', 'object_schema', 'Task', 'data_path',
-           'example_from_record', 'preset', 'read_text', 'parse_json', 'read_jsonl', 'pick_example', 'load_task',
-           'task_type_of', 'load_split', 'from_benchmark']
+__all__ = ['TASK_TYPES', 'TaskError', 'LabelSpace', 'label_space_from_spec', 'object_schema', 'Attribute', 'attribute_from_spec',
+           'attributes_from_spec', 'Task', 'lone_surrogate_at', 'data_path', 'example_from_record', 'preset',
+           'read_text', 'parse_json', 'read_jsonl', 'pick_example', 'load_task', 'task_type_of', 'load_split',
+           'from_benchmark']
 
 # %% ../nbs/00_task.ipynb #52f9b34d
 class TaskError(ValueError):
@@ -97,8 +99,61 @@ def object_schema(example:dict) -> dict:
             "required": [k for k, v in example.items() if v is not None],
             "additionalProperties": False}
 
+# %% ../nbs/00_task.ipynb #176d8c6b
+@dataclass(frozen=True)
+class Attribute:
+    "One thing that varies between requests: its values (given, or proposed by the model) and their weights."
+    name:str                 # e.g. 'topic'
+    values:tuple=()          # the values to choose from; empty until proposed when `propose` is set
+    weights:tuple|None=None  # relative frequency of each value; None: all equally often
+    propose:int|None=None    # how many values the model proposes (None: the values are given)
+
+def _attribute_values(values, field:str) -> tuple:
+    "Given values as a tuple of distinct non-empty strings (numbers become strings)."
+    if not isinstance(values, list) or not values: raise TaskError("needs a non-empty list of values", field)
+    if bad := [v for v in values if isinstance(v, bool) or not isinstance(v, (str, int, float)) or not str(v).strip()]:
+        raise TaskError(f"values must be non-empty strings or numbers, got {bad[0]!r}", field)
+    out = tuple(str(v).strip() for v in values)
+    if len({v.casefold() for v in out}) < len(out): raise TaskError(f"values repeat (ignoring case): {list(out)}", field)
+    return out
+
+# %% ../nbs/00_task.ipynb #9e284f08
+def _weights(weights, n:int, field:str) -> tuple|None:
+    "Weights as a tuple of n non-negative numbers, not all zero; None stays None."
+    if weights is None: return None
+    if not isinstance(weights, list) or len(weights) != n: raise TaskError(f"needs one weight per value ({n})", field)
+    if any(isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0 for w in weights) or not sum(weights) > 0:
+        raise TaskError(f"weights must be numbers >= 0, not all 0; got {weights}", field)
+    return tuple(weights)
+
+def attribute_from_spec(name:str,  # the attribute's name, e.g. 'topic'
+                        spec       # [values], {"values": [...], "weights": [...]} or {"propose": N}
+                       ) -> Attribute:
+    "An `Attribute` from its JSON form; errors name the field `attributes.<name>...`."
+    f = f"attributes.{name}"
+    if not isinstance(name, str) or not name.strip(): raise TaskError("attribute names must be non-empty strings", 'attributes')
+    if isinstance(spec, Attribute): return spec
+    if isinstance(spec, list): return Attribute(name, _attribute_values(spec, f))
+    if not isinstance(spec, dict) or ('values' in spec) == ('propose' in spec):
+        raise TaskError('must be a list of values, {"values": [...], "weights": [...]} or {"propose": N}', f)
+    if unknown := sorted(set(spec) - {'values', 'weights', 'propose'}): raise TaskError("unknown key; known keys are propose, values, weights", f"{f}.{unknown[0]}")
+    if 'propose' in spec:
+        n = spec['propose']
+        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 1000: raise TaskError(f"must be an integer from 1 to 1000, got {n!r}", f"{f}.propose")
+        if 'weights' in spec: raise TaskError("proposed values cannot have weights", f"{f}.weights")
+        return Attribute(name, propose=n)
+    values = _attribute_values(spec['values'], f"{f}.values")
+    return Attribute(name, values, _weights(spec.get('weights'), len(values), f"{f}.weights"))
+
+def attributes_from_spec(spec:dict|None # {name: spec of the attribute}, as in a task file
+                        ) -> dict:
+    "The attributes of a task by name, from the `attributes` field of a task file."
+    if spec is None: return {}
+    if not isinstance(spec, dict): raise TaskError('must be an object like {"difficulty": ["easy", "hard"]}', 'attributes')
+    return {name: attribute_from_spec(name, v) for name, v in spec.items()}
+
 # %% ../nbs/00_task.ipynb #3dc411d2
-@dataclass
+@dataclass(repr=False)
 class Task:
     "What to create: an instruction, ONE formatting example, and the label space."
     name:str                        # short name, used in file names and reports
@@ -108,13 +163,26 @@ class Task:
     answer_key:str='answer'         # field of the example that holds the answer
     options_key:str|None='options'  # field that holds the options, or None
     source:str='<python>'           # where the task came from, for error messages
+    attributes:dict=field(default_factory=dict) # {name: Attribute or its spec}: what varies between requests
 
     def __post_init__(self):
         if not isinstance(self.instruction, str) or not self.instruction.strip():
             raise TaskError("must be a non-empty string", 'instruction', self.source)
         if not isinstance(self.example, dict) or not self.example:
             raise TaskError("must be a non-empty JSON object", 'example', self.source)
+        for key, why in self._needed_keys():
+            if key not in self.example: raise TaskError(f"missing: {why}", f"example.{key}", self.source)
         self.check(self.example, where=self.source, prefix='example.')
+        try: self.attributes = attributes_from_spec(self.attributes)
+        except TaskError as e: raise TaskError(e.problem, e.field, self.source) from None
+
+    def _needed_keys(self) -> list[tuple[str, str]]:
+        "The keys the example must have for the label space to be enforced, and why."
+        keys = [(self.answer_key, f"the example must hold its answer (answer_key {self.answer_key!r})")]
+        if self.label_space.kind == 'per_example':
+            if self.options_key is None: raise TaskError("a per-example label space needs an options_key", 'options_key', self.source)
+            keys.append((self.options_key, f"a per-example label space needs the example's options (options_key {self.options_key!r})"))
+        return keys
 
 # %% ../nbs/00_task.ipynb #bbbc2f7a
 def _schema(self:Task) -> dict:
@@ -136,36 +204,67 @@ for name, fn in (('schema', _schema), ('validator', _validator)):
 
 # %% ../nbs/00_task.ipynb #2998e301
 def _field_path(prefix:str, err:jsonschema.ValidationError) -> str:
-    "Dotted path of the field a schema error is about."
-    path = list(err.absolute_path)
-    if err.validator == 'required': path.append(re.search(r"'(.+?)'", err.message).group(1))
-    if err.validator == 'additionalProperties': path.append(re.search(r"'(.+?)'", err.message).group(1))
+    "Dotted path of the field a schema error is about (read from the error's data, not its message, so any key works)."
+    path, inst = list(err.absolute_path), err.instance
+    if err.validator == 'required': path.append(next(k for k in err.validator_value if k not in inst))
+    if err.validator == 'additionalProperties': path.append(next(k for k in inst if k not in err.schema.get('properties', {})))
     return (prefix + '.'.join(map(str, path))).rstrip('.') or 'example'
 
-def _check(self:Task, ex:dict, where:str='<example>', prefix:str='') -> None:
+def lone_surrogate_at(v,          # a JSON value
+                      path:str=''  # its dotted path
+                     ) -> str|None:
+    "Dotted path of the first string (or key) in `v` holding a lone surrogate (JSON's `\"\\ud83d\"`), which UTF-8 cannot write; else None."
+    if isinstance(v, str):
+        try: v.encode('utf-8')
+        except UnicodeEncodeError: return path
+        return None
+    for k, x in (v.items() if isinstance(v, dict) else enumerate(v) if isinstance(v, list) else ()):
+        sub = f"{path}.{k}" if path else str(k)
+        for part in ((k, x) if isinstance(k, str) else (x,)):
+            if (bad := lone_surrogate_at(part, sub)) is not None: return bad
+    return None
+
+@patch
+def check(self:Task, ex:dict,        # the example to check
+          where:str='<example>', # origin, for the error message
+          prefix:str=''          # prepended to field paths, e.g. 'example.'
+         ) -> None:
     "Raise `TaskError` naming the field if `ex` is not a valid example of this task."
+    if (bad := lone_surrogate_at(ex)) is not None: raise TaskError("not valid Unicode: a lone surrogate (an escape like \\ud83d alone) cannot be written as UTF-8", (prefix + bad).rstrip('.') or 'example', where)
     err = jsonschema.exceptions.best_match(self.validator.iter_errors(ex))
     if err is not None: raise TaskError(err.message, _field_path(prefix, err), where)
     if self.label_space.kind == 'per_example' and ex[self.answer_key] not in ex[self.options_key]:
         raise TaskError(f"{ex[self.answer_key]!r} is not one of the options {ex[self.options_key]}", prefix + self.answer_key, where)
-Task.check = _check
 
 # %% ../nbs/00_task.ipynb #d7bd2d95
-def _to_record(self:Task, ex:dict) -> dict:
+@patch
+def to_record(self:Task, ex:dict # an example of this task
+             ) -> dict:
     "`ex` in the paper's record format: the answer stored as 'label'."
     return {('label' if k == self.answer_key else k): v for k, v in ex.items()}
 
-def _from_record(self:Task, rec:dict) -> dict:
+@patch
+def from_record(self:Task, rec:dict # a record in the paper's format
+               ) -> dict:
     "An example of this task from a record in the paper's format, keeping only the example's fields."
     return {k: rec.get('label' if k == self.answer_key else k) for k in self.example}
 
+def _shown_source(source:str) -> str:
+    "The origin of a task as displayed: a file's name without its folders (error messages keep the whole path)."
+    return source.rsplit('/', 1)[-1]
+
+@patch
+def __repr__(self:Task) -> str:
+    return f"Task({self.name!r}, {str(self.label_space)!r}, keys={list(self.example)}, attributes={list(self.attributes)}, source={_shown_source(self.source)!r})"
+
+@patch
 def _repr_markdown_(self:Task) -> str:
+    "The task as markdown: name, instruction, label space, attributes and the example."
     rows = [f"**Task `{self.name}`**: {self.instruction}", "",
-            f"- label space: {self.label_space}", f"- source: `{self.source}`", "",
+            f"- label space: {self.label_space}", f"- source: `{_shown_source(self.source)}`", "",
+            *[f"- attribute `{a.name}`: " + (f"{a.propose} values proposed by the model" if a.propose else ', '.join(a.values)) for a in self.attributes.values()],
             "```json", json.dumps(self.example, indent=2, ensure_ascii=False), "```"]
     return '\n'.join(rows)
-
-Task.to_record, Task.from_record, Task._repr_markdown_ = _to_record, _from_record, _repr_markdown_
 
 # %% ../nbs/00_task.ipynb #31ff963e
 TASK_TYPES = {
@@ -208,7 +307,8 @@ def preset(task_type:str,       # one of 'mcqa_2', 'mcqa_5', 'yesno_open', 'yesn
 def read_text(path:Path) -> str:
     "The text of a file, or a `TaskError` naming it when it is missing."
     if not path.exists(): raise TaskError("file not found", where=str(path))
-    return path.read_text(encoding='utf-8')
+    try: return path.read_text(encoding='utf-8')
+    except UnicodeDecodeError as e: raise TaskError(f"not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); save the file as UTF-8", where=str(path)) from None
 
 def parse_json(text:str, path:Path, first_line:int=1):
     "The JSON value in `text`, read from `path` starting at `first_line`; errors name the file and line."
@@ -237,7 +337,7 @@ def _line_of(text:str, key:str) -> int|None:
     return text.count('\n', 0, i) + 1 if i >= 0 else None
 
 def load_task(path) -> Task:
-    "A `Task` from a JSON file: {name?, task_type? | instruction + label_space, example, answer_key?, options_key?}."
+    "A `Task` from a JSON file: {name?, task_type? | instruction + label_space, example, answer_key?, options_key?, attributes?}."
     path = Path(path)
     text = read_text(path)
     spec = parse_json(text, path)
@@ -250,14 +350,14 @@ def load_task(path) -> Task:
 
 def _task_from_spec(spec:dict, path:Path) -> Task:
     "Build a task from the parsed JSON of a task file."
-    known = {'name', 'task_type', 'instruction', 'label_space', 'example', 'answer_key', 'options_key'}
+    known = {'name', 'task_type', 'instruction', 'label_space', 'example', 'answer_key', 'options_key', 'attributes'}
     if unknown := sorted(set(spec) - known): raise TaskError(f"unknown field; known fields are {sorted(known)}", unknown[0])
     if 'example' not in spec: raise TaskError("missing: give the formatting example as a JSON object", 'example')
     example = spec['example']
     if isinstance(example, str):
         try: example = json.loads(example)
         except json.JSONDecodeError as e: raise TaskError(f"the formatting example is not valid JSON ({e.msg})", 'example') from None
-    kw = {k: spec[k] for k in ('answer_key', 'options_key') if k in spec}
+    kw = {k: spec[k] for k in ('answer_key', 'options_key', 'attributes') if k in spec}
     if (tt := spec.get('task_type')) is not None:
         if tt not in TASK_TYPES: raise TaskError(f"unknown task type {tt!r}; choose one of {sorted(TASK_TYPES)}", 'task_type')
         instruction, space = TASK_TYPES[tt]

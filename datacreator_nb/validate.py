@@ -11,17 +11,20 @@ from itertools import chain
 
 import numpy as np
 import pandas as pd
+from fastcore.basics import patch
 
-from .task import Task, TaskError
+from .task import Task, TaskError, lone_surrogate_at
 
 # %% auto #0
-__all__ = ['extract_objects', 'normalise', 'rejection_reason', 'dedup_text', 'words', 'normal_text', 'shingles', 'DedupIndex',
-           'Verdict', 'Validator']
+__all__ = ['decode_at', 'extract_objects', 'normalise', 'rejection_reason', 'dedup_text', 'words', 'normal_text', 'shingles',
+           'DedupIndex', 'Verdict', 'Validator']
 
 # %% ../nbs/03_validate.ipynb #d0558b2e
 _DECODER = json.JSONDecoder()
 
-def _decode(text:str, start:int=0):
+def decode_at(text:str,   # text holding JSON somewhere
+              start:int=0 # where the value starts
+             ):
     "The JSON value starting at `text[start]` and the index after it, or (None, start)."
     try: return _DECODER.raw_decode(text, start)
     except (ValueError, RecursionError): return None, start
@@ -65,32 +68,52 @@ def _salvage(text:str, start:int) -> tuple[dict|None, int, str|None]:
     if end == len(text) and (closers or in_str): return None, end, 'truncated'
     chunk = _TRAILING_COMMA.sub(r'\1', text[start:end].rstrip().rstrip(',') + ''.join(reversed(closers)))
     chunk = _PY_CONST.sub(lambda m: m[1] + {'True': 'true', 'False': 'false', 'None': 'null'}[m[2]], chunk)
-    value, n = _decode(chunk)
+    value, n = decode_at(chunk)
     return (value, end, None) if isinstance(value, dict) and n == len(chunk) else (None, end, 'not_json')
 
+# %% ../nbs/03_validate.ipynb #38dbb868
+_BLANK = re.compile(r'\n[ \t]*\n')
+
+def _bare_block(text:str, start:int) -> tuple[dict|None, int, str|None]:
+    "The object written without braces as `\"key\": value` lines from `text[start]` to the next blank line: (object, end, reason)."
+    end = m.start() if (m := _BLANK.search(text, start)) else len(text)
+    body = text[start:end].rstrip().rstrip(',')
+    chunk = '{' + body + ('' if body.endswith('}') else '}')
+    value, n = decode_at(chunk)
+    if isinstance(value, dict) and n == len(chunk): return value, end, None
+    value, _, reason = _salvage(chunk, 0)
+    return value, end, 'not_json' if reason == 'truncated' and end < len(text) else reason
+
 # %% ../nbs/03_validate.ipynb #57177028
-_START = re.compile(r'[\[{]')
+_START = re.compile(r'(?P<bare>(?:\A|\n[ \t]*\n)(?:[^\n\[\]{}"]*\n)?[ \t]*(?="[^"\n]*"[ \t]*:))|[\[{]')
 _ITEM_START = re.compile(r'\{\s*["\']')
 _WRAPPER_START = re.compile(r'\{\s*"[^"\\]*"\s*:\s*\[\s*\{')
 
 def _snippet(x, n:int=200) -> str:
-    "A short printable form of a rejected item."
+    "A short printable form of a rejected item (lone surrogates written as escapes)."
     s = x if isinstance(x, str) else json.dumps(x, ensure_ascii=False, default=str)
+    s = s.encode('utf-8', 'backslashreplace').decode('utf-8')
     return s if len(s) <= n else s[:n] + '…'
+
+def _read_item(text:str, m:re.Match) -> tuple[int, object, int|None, str|None]:
+    "The item found by `_START` at `m`: (start, value, end, failure reason); end None: not an item, go on at the next `{`."
+    if m['bare'] is not None: return m.end(), *_bare_block(text, m.end())
+    start = m.start()
+    value, end = decode_at(text, start)
+    if end > start: return start, value, end, None
+    if text[start] == '[' or _WRAPPER_START.match(text, start) or not _ITEM_START.match(text, start): return start, None, None, None
+    return start, *_salvage(text, start)
 
 def extract_objects(text:str|None # raw reply of a model
                    ) -> tuple[list[dict], list[tuple[str, str]]]:
-    "Every JSON object in `text` (arrays and wrappers unwrapped), and `(reason, snippet)` for each item that is not one."
+    "Every JSON object in `text` (arrays and wrappers unwrapped, brace-less blocks read), and `(reason, snippet)` for each item that is not one."
     objects, failures, i, text = [], [], 0, text or ''
     while m := _START.search(text, i):
-        start = m.start()
-        value, end = _decode(text, start)
-        if end == start:
-            if text[start] == '[' or _WRAPPER_START.match(text, start) or not _ITEM_START.match(text, start):
-                nxt = text.find('{', start + 1)
-                i = nxt if nxt >= 0 else len(text); continue
-            value, end, reason = _salvage(text, start)
-            if reason: failures.append((reason, _snippet(text[start:end])))
+        start, value, end, reason = _read_item(text, m)
+        if end is None:
+            nxt = text.find('{', start + 1)
+            i = nxt if nxt >= 0 else len(text); continue
+        if reason: failures.append((reason, _snippet(text[start:end])))
         i = max(end, start + 1)
         if value is None or (isinstance(value, list) and not any(isinstance(x, (dict, list)) for x in value)): continue
         try: items = _items(value)
@@ -166,7 +189,7 @@ def rejection_reason(task:Task, # the task to check against
                     ) -> str|None:
     "Why `ex` fails `task.check`, as a short reason code; None if it passes."
     try: task.check(ex)
-    except TaskError as e: return _reason(task, ex, e.field)
+    except TaskError as e: return 'bad_unicode' if lone_surrogate_at(ex) is not None else _reason(task, ex, e.field)
     return None
 
 # %% ../nbs/03_validate.ipynb #cc68676a
@@ -237,6 +260,7 @@ class DedupIndex:
     def __len__(self): return len(self._shingles)
 
 # %% ../nbs/03_validate.ipynb #12d76bbc
+@patch
 def _signatures(self:DedupIndex, ids:np.ndarray, counts:np.ndarray, chunk:int=2048) -> np.ndarray:
     "MinHash signatures, one row per text (all ones for a text without shingles)."
     sig = np.full((len(counts), len(self._a)), np.iinfo(np.uint32).max, np.uint32)
@@ -250,13 +274,13 @@ def _signatures(self:DedupIndex, ids:np.ndarray, counts:np.ndarray, chunk:int=20
         sig[part] = np.minimum.reduceat(hashed, starts[part] - first, axis=1).T
     return sig
 
+@patch
 def _band_keys(self:DedupIndex, sig:np.ndarray) -> np.ndarray:
     "One 64-bit key per LSH band of each signature."
     return (sig.reshape(len(sig), self.bands, self.rows).astype(np.uint64) * self._mix).sum(axis=2)
 
-DedupIndex._signatures, DedupIndex._band_keys = _signatures, _band_keys
-
 # %% ../nbs/03_validate.ipynb #c10deb1e
+@patch
 def _bucket(self:DedupIndex, keys:list) -> set:
     "Ids of the kept texts that share an LSH band with band keys `keys`."
     out = set()
@@ -267,6 +291,7 @@ def _bucket(self:DedupIndex, keys:list) -> set:
             else: out.add(v)
     return out
 
+@patch
 def _near(self:DedupIndex, sh:np.ndarray, sig:np.ndarray, keys:list) -> int|None:
     "Id of a kept text whose Jaccard similarity with `sh` reaches the threshold, else None."
     cands = list(self._bucket(keys))
@@ -277,6 +302,7 @@ def _near(self:DedupIndex, sh:np.ndarray, sig:np.ndarray, keys:list) -> int|None
         if _jaccard(sh, self._shingles[cands[i]]) >= self.threshold: return cands[i]
     return None
 
+@patch
 def _insert(self:DedupIndex, norm:str, sh:np.ndarray, sig:np.ndarray, keys:list) -> int:
     "Keep a text; its id."
     i = len(self._shingles)
@@ -291,6 +317,7 @@ def _insert(self:DedupIndex, norm:str, sh:np.ndarray, sig:np.ndarray, keys:list)
             elif v != i: band[k] = [v, i]
     return i
 
+@patch
 def _sketch(self:DedupIndex, texts:list[str], batch:int=8192):
     "Per text: normalised text, shingle ids, signature and band keys, computed a batch at a time."
     for lo in range(0, len(texts), batch):
@@ -299,7 +326,10 @@ def _sketch(self:DedupIndex, texts:list[str], batch:int=8192):
         sig = self._signatures(ids, counts)
         yield from zip([' '.join(t) for t in tokens], np.split(ids, np.cumsum(counts)[:-1]), sig, self._band_keys(sig).tolist())
 
-def _match(self:DedupIndex, texts:list[str], add:bool=True) -> list[tuple[str, int]|None]:
+@patch
+def match(self:DedupIndex, texts:list[str], # texts to compare, in order, with everything kept before them
+          add:bool=True     # keep each new text
+         ) -> list[tuple[str, int]|None]:
     "Per text: None if new (kept when `add`), else ('exact' | 'near', id of the kept text it duplicates)."
     out = []
     for norm, sh, sig, keys in self._sketch(texts):
@@ -309,19 +339,13 @@ def _match(self:DedupIndex, texts:list[str], add:bool=True) -> list[tuple[str, i
         out.append(hit)
     return out
 
-def _add(self:DedupIndex, texts:list[str]) -> list[int]:
+@patch
+def add(self:DedupIndex, texts:list[str] # texts to keep as they are
+       ) -> list[int]:
     "Keep `texts` without comparing them; their ids."
     return [self._insert(*x) for x in self._sketch(texts)]
 
-DedupIndex._bucket, DedupIndex._near, DedupIndex._insert, DedupIndex._sketch = _bucket, _near, _insert, _sketch
-DedupIndex.match, DedupIndex.add = _match, _add
-
 # %% ../nbs/03_validate.ipynb #ec8e5cdb
-def _md_table(df:pd.DataFrame) -> str:
-    "A pandas table as a markdown table."
-    rows = [list(df.columns), ['---'] * len(df.columns)] + df.astype(str).values.tolist()
-    return '\n'.join('| ' + ' | '.join(map(str, r)) + ' |' for r in rows)
-
 def _counts_table(counts:Counter) -> pd.DataFrame:
     "Reason, count and share of all items, accepted first then by count."
     total = sum(counts.values())
@@ -370,7 +394,8 @@ class Validator:
         return 'seed_copy' if self._origin[i] == 'seed' else f'{kind}_duplicate'
 
 # %% ../nbs/03_validate.ipynb #93783835
-def _screen(self:Validator, text:str|None # raw reply of a model
+@patch
+def screen(self:Validator, text:str|None # raw reply of a model
            ) -> tuple[list, list]:
     "The items of one reply that pass the task's checks, and (reason, item) for the others; the pool is not touched."
     objects, rejected = extract_objects(text)
@@ -381,7 +406,10 @@ def _screen(self:Validator, text:str|None # raw reply of a model
         else: checked.append(ex)
     return checked, rejected
 
-def _admit(self:Validator, checked:list, rejected:list) -> Verdict:
+@patch
+def admit(self:Validator, checked:list, # examples that passed `screen`
+          rejected:list # (reason, item) of the reply's other items
+         ) -> Verdict:
     "The verdict on screened items: duplicates of the pool (or of each other) rejected, the rest added to the pool."
     accepted = []
     for ex, hit in zip(checked, self.index.match([dedup_text(self.task, ex) for ex in checked])):
@@ -391,17 +419,18 @@ def _admit(self:Validator, checked:list, rejected:list) -> Verdict:
     self.counts += verdict.counts
     return verdict
 
-def _validate(self:Validator, text:str|None # raw reply of a model
+@patch
+def validate(self:Validator, text:str|None # raw reply of a model
             ) -> Verdict:
     "Accepted examples of one reply (added to the pool) and the reason for each rejected item."
     return self.admit(*self.screen(text))
 
-def _report(self:Validator) -> pd.DataFrame:
+@patch
+def report(self:Validator) -> pd.DataFrame:
     "Items so far by reason: count and share of all items."
     return _counts_table(self.counts)
 
-def _validator_md(self:Validator) -> str:
+@patch
+def _repr_markdown_(self:Validator) -> str:
     "Pool size and the report as a markdown table."
-    return f"**Validator for `{self.task.name}`**: {len(self.index)} examples in the pool\n\n" + _md_table(self.report())
-
-Validator.screen, Validator.admit, Validator.validate, Validator.report, Validator._repr_markdown_ = _screen, _admit, _validate, _report, _validator_md
+    return f"**Validator for `{self.task.name}`**: {len(self.index)} examples in the pool\n\n" + self.report().to_markdown(index=False)

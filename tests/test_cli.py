@@ -1,5 +1,5 @@
 """The installed `datacreator` console script as a subprocess: create, formats, resume, errors, a remote endpoint, serve-local, demo."""
-import json, os, signal, subprocess, sys, urllib.request
+import fcntl, json, os, signal, subprocess, sys, urllib.request
 from pathlib import Path
 
 import pandas as pd
@@ -28,7 +28,7 @@ def test_create_simulated(tmp_path):
     facts = last_json(r.stdout)
     assert (facts['examples'], facts['simulated'], facts['stop'], facts['file']) == (12, True, 'target reached', str(out))
     recs, task = read_jsonl(out), preset('yesno_close')
-    assert [x['id'] for x in recs] == list(range(12)) and {x['model'] for x in recs} == {'simulated'}
+    assert [x['_meta']['id'] for x in recs] == list(range(12)) and {x['_meta']['model'] for x in recs} == {'simulated'}
     for x in recs: task.check(task.from_record(x))
 
 
@@ -47,7 +47,7 @@ def test_also_saves_csv_and_parquet_then_resumes(tmp_path):
     more = cli('create', '--preset', 'mcqa_2', '--n', 17, '--simulated', '--out', out, '--quiet')   # a bigger target continues the file
     assert more.returncode == 0, more.stderr
     grown = read_jsonl(out)
-    assert grown[:10] == recs and [x['id'] for x in grown] == list(range(17))
+    assert grown[:10] == recs and [x['_meta']['id'] for x in grown] == list(range(17))
 
 
 def test_bad_task_file_is_one_line_naming_field_and_place(tmp_path):
@@ -81,7 +81,7 @@ def test_base_url_of_a_running_server(tmp_path):
     assert r.returncode == 0, r.stderr
     facts = last_json(r.stdout)
     assert (facts['examples'], facts['simulated']) == (8, False) and not r.stdout.startswith('SIMULATED')
-    assert sent >= 2 and {x['model'] for x in read_jsonl(out)} == {'m'}
+    assert sent >= 2 and {x['_meta']['model'] for x in read_jsonl(out)} == {'m'}
     assert {q['model'] for q in srv.requests} == {'m'}
 
 
@@ -105,7 +105,86 @@ def test_demo_with_the_embedded_model(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path/'demo.png').stat().st_size > 1000
     recs = read_jsonl(tmp_path/'data.jsonl')
-    assert len(recs) == 6 and [x['id'] for x in recs] == list(range(6))
+    assert len(recs) == 6 and [x['_meta']['id'] for x in recs] == list(range(6))
     assert 'examples/minute' in r.stdout and 'acceptance' in r.stdout
     facts = last_json(r.stdout)
     assert facts['examples'] == 6 and facts['simulated'] is False
+
+
+# ---------------------------------------------------------------- issue 11: fatal errors, options, files, throughput
+
+def test_a_refused_key_is_exit_1_with_the_servers_message(tmp_path):
+    out = tmp_path/'o.jsonl'
+    with LocalServer(varied_examples(4), model='m', api_key='right') as srv:
+        env = {**os.environ, 'MY_KEY': 'wrong'}
+        r = cli('create', '--preset', 'yesno_close', '--n', 10, '--base-url', srv.base_url, '--model', 'm', '--api-key-env', 'MY_KEY',
+                '--out', out, '--quiet', env=env)
+        sent = srv.count
+        again = cli('create', '--preset', 'yesno_close', '--n', 10, '--base-url', srv.base_url, '--model', 'm', '--api-key-env', 'MY_KEY',
+                    '--out', out, '--quiet', env={**env, 'MY_KEY': 'right'})
+    assert r.returncode == 1 and r.stdout == '' and sent == 1
+    assert r.stderr.strip().splitlines()[-1].startswith('datacreator: error: HTTP 401') and 'Traceback' not in r.stderr
+    assert again.returncode == 0, again.stderr
+    assert last_json(again.stdout)['examples'] == 10
+
+
+@pytest.mark.parametrize('flag,value,name', [('--concurrency', 0, 'concurrency'), ('--timeout', 0, 'timeout'), ('--top-p', 2, 'top_p'),
+                                             ('--price-in', -1, 'price_in'), ('--stall-rounds', 0, 'stall_rounds'), ('--max-rounds', 0, 'max_rounds')])
+def test_impossible_values_are_refused_before_anything_runs(tmp_path, flag, value, name):
+    out = tmp_path/'o.jsonl'
+    with LocalServer(varied_examples(4), model='m') as srv:
+        r = cli('create', '--preset', 'yesno_close', '--n', 5, '--base-url', srv.base_url, '--model', 'm', '--out', out, '--quiet', flag, value)
+        assert srv.count == 0
+    assert r.returncode == 2 and 'Traceback' not in r.stderr and name in r.stderr.strip() and len(r.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_generator_options_reach_the_requests(tmp_path):
+    out = tmp_path/'o.jsonl'
+    with LocalServer(varied_examples(4), model='m') as srv:
+        r = cli('create', '--preset', 'yesno_close', '--n', 10, '--base-url', srv.base_url, '--model', 'm', '--out', out, '--quiet',
+                '--top-p', 0.5, '--concurrency', 2, '--timeout', 5, '--price-in', 2, '--price-out', 2, '--budget-usd', 1)
+        bodies = srv.requests
+    assert r.returncode == 0, r.stderr
+    assert {b.get('top_p') for b in bodies} == {0.5}
+    facts = last_json(r.stdout)
+    assert facts['examples'] == 10 and facts['usd'] == pytest.approx(facts['tokens'] * 2 / 1e6, rel=1e-3)
+    assert (tmp_path/'o.jsonl.cache.sqlite').exists()
+
+
+def test_an_unknown_also_format_is_refused_before_the_run(tmp_path):
+    out = tmp_path/'o.jsonl'
+    with LocalServer(varied_examples(4), model='m') as srv:
+        r = cli('create', '--preset', 'yesno_close', '--n', 5, '--base-url', srv.base_url, '--model', 'm', '--out', out, '--quiet',
+                '--also', tmp_path/'o.csv', tmp_path/'o.xlsx')
+        assert srv.count == 0
+    assert r.returncode == 2 and "unknown format '.xlsx'" in r.stderr and not out.exists()
+
+
+def test_replies_from_the_cache_are_not_throughput(tmp_path):
+    out = tmp_path/'o.jsonl'
+    args = ('create', '--preset', 'yesno_close', '--n', 10, '--base-url', None, '--model', 'm', '--out', out, '--quiet')
+    with LocalServer(varied_examples(4), model='m') as srv:
+        first = cli(*[a if a is not None else srv.base_url for a in args])
+        for f in (out, tmp_path/'o.jsonl.state.json', tmp_path/'o.jsonl.rounds.jsonl'): f.unlink()   # the run deleted, its cache kept
+        sent = srv.count
+        again = cli(*[a if a is not None else srv.base_url for a in args])
+        assert srv.count == sent
+    one, two = last_json(first.stdout), last_json(again.stdout)
+    assert (one['fresh_examples'], one['cached_replies']) == (10, 0) and one['examples_per_min'] > 0
+    assert (two['examples'], two['fresh_examples'], two['cached_replies'], two['examples_per_min']) == (10, 0, two['replies'], 0.0)
+    assert f"{two['replies']} of the {two['replies']} replies of this run came from the request cache" in again.stdout
+
+
+def test_demo_takes_the_lock_before_deleting_a_running_demos_files(tmp_path):
+    from datacreator_nb.create import create
+    from datacreator_nb.generate import Generator
+    data = tmp_path/'data.jsonl'
+    with LocalServer(varied_examples(4)) as srv:
+        create(preset('yesno_close'), 6, generator=Generator(model='simulated', base_url=srv.base_url, api_key='x'), out=data, progress=False)
+        before = data.read_bytes()
+        with open(tmp_path/'data.jsonl.lock', 'w') as lock:   # a demo still running in this folder
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            r = cli('demo', '--out', tmp_path, '--n', 6, env={**os.environ, 'OPENAI_BASE_URL': srv.base_url, 'OPENAI_MODEL': 'simulated'})
+    assert r.returncode == 2 and 'another run is writing this file now' in r.stderr
+    assert data.read_bytes() == before and (tmp_path/'data.jsonl.state.json').exists()

@@ -6,12 +6,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from datacreator_nb import generate
 from datacreator_nb.create import PROVENANCE, create, round_rng, state_path
-from datacreator_nb.generate import Generator, cost_usd
+from datacreator_nb.generate import Generator, GenerationError
+from datacreator_nb.local_model import MODEL_ALIAS
 from datacreator_nb.sampling import get_strategy
 from datacreator_nb.server import LocalServer, json_objects, new_example, requested_count, varied_examples
-from datacreator_nb.task import TaskError, preset, read_jsonl
+from datacreator_nb.task import LabelSpace, Task, TaskError, preset, read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,11 +19,17 @@ ROOT = Path(__file__).resolve().parents[1]
 def user_text(req): return req['messages'][-1]['content']
 
 
-def pure(req, salt='') -> str:
+def pure(req, salt='', keys_reversed=False) -> str:
     "As many new examples as asked for, a pure function of the prompt: distinct from all others, so all are accepted."
     text = user_text(req)
     h = hashlib.sha256(f'{salt}:{text}'.encode()).hexdigest()
-    return json.dumps([new_example(json_objects(text)[0], random.Random(f'{h}:{i}')) for i in range(requested_count(text))])
+    made = [new_example(json_objects(text)[0], random.Random(f'{h}:{i}')) for i in range(requested_count(text))]
+    return json.dumps([dict(reversed(ex.items())) if keys_reversed else ex for ex in made])
+
+
+def own_key_order(req) -> str:
+    "`pure`, each example's keys in the reverse of the task's order, as a model may write them."
+    return pure(req, keys_reversed=True)
 
 
 def deterministic(req) -> str:
@@ -46,9 +52,9 @@ def run(srv, n, task=None, gen_kw=None, **kw):
 
 
 def check_ids_and_parents(records, n):
-    assert [r['id'] for r in records] == list(range(n))
+    assert [r['_meta']['id'] for r in records] == list(range(n))
     assert len({r['question'] for r in records}) == n
-    for r in records: assert r['parent'] is None or r['parent'] < r['id']
+    for r in records: assert r['_meta']['parent'] is None or r['_meta']['parent'] < r['_meta']['id']
 
 
 # ---------------------------------------------------------------- strategies inside the loop
@@ -59,7 +65,7 @@ def test_naive_always_formats_with_the_task_example():
         res = run(srv, 23, task, strategy='naive', per_request=5, parallel=2)
         shown = {json.dumps(json_objects(user_text(r))) for r in srv.requests}
     assert len(res.records) == 23 and res.stop_reason == 'target reached'
-    assert {(r['parent'], r['depth'], r['strategy']) for r in res.records} == {(None, 1, 'naive')}
+    assert {(r['_meta']['parent'], r['_meta']['depth'], r['_meta']['strategy']) for r in res.records} == {(None, 1, 'naive')}
     assert shown == {json.dumps([task.example])}
 
 
@@ -67,19 +73,19 @@ def test_tree_levels_follow_per_request():
     with LocalServer(deterministic) as srv:
         res = run(srv, 2 + 4 + 8 + 16, strategy='tree', per_request=2, parallel=3)
     recs = res.records
-    assert Counter(r['depth'] for r in recs) == {1: 2, 2: 4, 3: 8, 4: 16}
+    assert Counter(r['_meta']['depth'] for r in recs) == {1: 2, 2: 4, 3: 8, 4: 16}
     assert srv.count == 1 + 2 + 4 + 8 and res.rejections == Counter()
-    by_id = {r['id']: r for r in recs}
+    by_id = {r['_meta']['id']: r for r in recs}
     for r in recs:   # every parent is a record of the previous level, with exactly per_request children
-        assert (r['parent'] is None) == (r['depth'] == 1)
-        if r['parent'] is not None: assert by_id[r['parent']]['depth'] == r['depth'] - 1
-    assert set(Counter(r['parent'] for r in recs).values()) == {2}
+        assert (r['_meta']['parent'] is None) == (r['_meta']['depth'] == 1)
+        if r['_meta']['parent'] is not None: assert by_id[r['_meta']['parent']]['_meta']['depth'] == r['_meta']['depth'] - 1
+    assert set(Counter(r['_meta']['parent'] for r in recs).values()) == {2}
     # a request is formatted with its parent: the example shown in it is the parent record
     task = preset('yesno_close')
     shown = [json_objects(user_text(q))[0] for q in srv.requests]
     assert shown[0] == task.example
     assert sorted(json.dumps(s, sort_keys=True) for s in shown[1:]) == sorted(
-        json.dumps(task.from_record(by_id[p]), sort_keys=True) for p in {r['parent'] for r in recs} - {None})
+        json.dumps(task.from_record(by_id[p]), sort_keys=True) for p in {r['_meta']['parent'] for r in recs} - {None})
 
 
 @pytest.mark.parametrize('name', ['random', 'contrastive', 'similar'])
@@ -91,16 +97,16 @@ def test_chain_strategies_pick_from_the_previous_round(name):
         shown = [json_objects(user_text(q))[0] for q in srv.requests]
     recs = res.records
     assert len(recs) == 30 and len(res.rounds) == srv.count
-    rounds = [[r for r in recs if r['round'] == k] for k in range(len(res.rounds))]
+    rounds = [[r for r in recs if r['_meta']['round'] == k] for k in range(len(res.rounds))]
     assert all(rounds), "every round accepted something, so the chain moves every round"
-    assert {r['parent'] for r in rounds[0]} == {None} and shown[0] == task.example
+    assert {r['_meta']['parent'] for r in rounds[0]} == {None} and shown[0] == task.example
     replay, current = get_strategy(name), [task.example]   # the same choices, made again from the records
     for k in range(1, len(rounds)):
-        parents = {r['parent'] for r in rounds[k]}
-        assert len(parents) == 1 and parents <= {r['id'] for r in rounds[k - 1]}
+        parents = {r['_meta']['parent'] for r in rounds[k]}
+        assert len(parents) == 1 and parents <= {r['_meta']['id'] for r in rounds[k - 1]}
         current = replay.pick(current, [task.from_record(r) for r in rounds[k - 1]], round_rng(42, k - 1))
         assert current == [task.from_record(recs[parents.pop()])] == [shown[k]]
-        assert rounds[k][0]['depth'] == k + 1
+        assert rounds[k][0]['_meta']['depth'] == k + 1
 
 
 @pytest.mark.parametrize('name', ['contrastive', 'tree'])
@@ -139,12 +145,14 @@ def test_stops_on_stall_when_replies_are_prose():
     assert sum(res.rejections.values()) == 3 and res.acceptance == 0.0
 
 
-def test_stops_when_budget_is_spent(monkeypatch):
-    monkeypatch.setitem(generate.PRICES, 'simulated-x', generate.PRICES['gpt-3.5-turbo'])
-    with LocalServer(deterministic, model='simulated-x') as srv:
-        res = run(srv, 1000, strategy='random', per_request=5, parallel=2, gen_kw={'model': 'simulated-x', 'budget_usd': 1e-6})
-    assert (res.stop_reason, len(res.rounds), srv.count, len(res.records)) == ('budget', 1, 2, 10)
-    assert res.usd > 1e-6 and res.usd == pytest.approx(res.tokens * 0.002 / 1000)
+PAPER_PRICE = {'price_in': 2.0, 'price_out': 2.0}   # gpt-3.5-turbo's $0.002 per 1K tokens, in USD per 1M
+
+
+def test_stops_when_budget_is_spent():
+    with LocalServer(deterministic) as srv:
+        res = run(srv, 1000, strategy='random', per_request=5, parallel=2, gen_kw={**PAPER_PRICE, 'max_tokens': 300, 'budget_usd': 0.005})
+    assert res.stop_reason == 'budget' and 0 < len(res.records) < 1000 and srv.count == res.rounds['requests'].sum() - res.failures['budget']
+    assert 0.004 < res.usd <= 0.005 and res.usd == pytest.approx(res.tokens * 0.002 / 1000)
 
 
 # ---------------------------------------------------------------- faults during creation
@@ -187,7 +195,7 @@ print('finished')
 async def staggered(req):
     "The pure answer, after 0.05-0.4 s depending on the prompt: a round's answers arrive one by one."
     await asyncio.sleep(0.05 + int(hashlib.sha256(user_text(req).encode()).hexdigest()[:4], 16) / 65536 * 0.35)
-    return pure(req)
+    return own_key_order(req)
 
 
 def cached_keys(path):
@@ -210,7 +218,7 @@ def spy_keys(g):
 
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
     n, task = 200, preset('yesno_close')
-    with LocalServer(pure) as ref_srv:   # the tree's prompts are all different: the same prompt gets the same answer
+    with LocalServer(own_key_order) as ref_srv:   # the tree's prompts are all different: the same prompt gets the same answer
         ref = run(ref_srv, n, task, strategy='tree', per_request=5, parallel=4)
     out, cache, script = tmp_path/'data.jsonl', tmp_path/'cache.sqlite', tmp_path/'child.py'
     script.write_text(CHILD)
@@ -284,7 +292,7 @@ def test_every_task_type_end_to_end(tt):
     check_ids_and_parents(res.records, 15)
     for r in res.records:
         task.check(task.from_record(r))
-        assert set(r) == {*task.to_record(task.example), *PROVENANCE}
+        assert set(r) == {*task.to_record(task.example), '_meta'} and tuple(r['_meta']) == PROVENANCE
 
 
 def as_plain(rows):
@@ -293,7 +301,8 @@ def as_plain(rows):
     for r in rows:
         d = {k: (list(v) if hasattr(v, 'tolist') and not isinstance(v, str) else v) for k, v in r.items()}
         d = {k: (None if not isinstance(v, list) and pd.isna(v) else v) for k, v in d.items()}
-        out.append({k: (int(v) if k in ('id', 'round', 'parent', 'depth') and v is not None else v) for k, v in d.items()})
+        meta = json.loads(d['_meta']) if isinstance(d['_meta'], str) else d['_meta']   # JSON in a CSV cell, a struct in Parquet
+        out.append({**d, '_meta': {k: (int(v) if isinstance(v, (int, float)) and not pd.isna(v) else None if k == 'parent' else v) for k, v in meta.items()}})
     return out
 
 
@@ -306,7 +315,7 @@ def test_save_round_trips(tmp_path):
     csv = pd.read_csv(res.save(tmp_path/'a.csv'))
     assert as_plain(csv.assign(options=csv['options'].map(json.loads)).to_dict('records')) == recs
     assert as_plain(pd.read_parquet(res.save(tmp_path/'a.parquet')).to_dict('records')) == recs
-    assert sum(r['parent'] is None for r in recs) == 4
+    assert sum(r['_meta']['parent'] is None for r in recs) == 4
     with pytest.raises(ValueError, match='xlsx'): res.save(tmp_path/'a.xlsx')
 
 
@@ -335,7 +344,7 @@ def test_broken_state_file_is_named(tmp_path):
     with LocalServer(varied_examples(8)) as srv:
         run(srv, 10, out=out)
         state_path(out).write_text('{"round": 2,')
-        with pytest.raises(TaskError, match=r"d\.state\.json:1: the loop's state file is not valid JSON"):
+        with pytest.raises(TaskError, match=r"d\.jsonl\.state\.json:1: the loop's state file is not valid JSON"):
             run(srv, 20, out=out)
 
 
@@ -345,7 +354,7 @@ def test_state_file_of_another_shape_is_named(tmp_path):
         run(srv, 10, out=out)
         state = json.loads(state_path(out).read_text())
         state_path(out).write_text(json.dumps({**state, 'frontier': [{'example': {}, 'id': None, 'depth': 0}]}))
-        with pytest.raises(TaskError, match=r"d\.state\.json: the loop's state file is not one this version wrote"):
+        with pytest.raises(TaskError, match=r"d\.jsonl\.state\.json: the loop's state file is not one this version wrote"):
             run(srv, 20, out=out)
 
 
@@ -366,13 +375,12 @@ def test_counts_below_one_are_refused(field, kw):
             run(srv, kw.pop('n', 5), **kw)
 
 
-def test_budget_counts_what_the_file_already_cost(tmp_path, monkeypatch):
-    monkeypatch.setitem(generate.PRICES, 'simulated-x', generate.PRICES['gpt-3.5-turbo'])
+def test_budget_counts_what_the_file_already_cost(tmp_path):
     out = tmp_path/'d.jsonl'
-    with LocalServer(deterministic, model='simulated-x') as srv:
-        first = run(srv, 10, strategy='random', parallel=2, out=out, gen_kw={'model': 'simulated-x'})
+    with LocalServer(deterministic) as srv:
+        first = run(srv, 10, strategy='random', parallel=2, out=out, gen_kw=PAPER_PRICE)
         sent = srv.count
-        again = run(srv, 1000, strategy='random', parallel=2, out=out, gen_kw={'model': 'simulated-x', 'budget_usd': first.usd})
+        again = run(srv, 1000, strategy='random', parallel=2, out=out, gen_kw={**PAPER_PRICE, 'budget_usd': first.usd})
     assert (again.stop_reason, srv.count, len(again.records)) == ('budget', sent, 10)
 
 
@@ -386,3 +394,137 @@ def test_a_second_run_on_the_same_file_is_refused(tmp_path):
             run(srv, 15, out=out)
         first.join()
         assert len(read_jsonl(out)) == 15 and run(srv, 15, out=out).stop_reason == 'target reached'
+
+
+# ---------------------------------------------------------------- issue 11: identity, provenance, fatal errors, files, interrupts
+
+def resume_changes():
+    "Each setting a resume must not change: (name in the refusal, the first run's keywords, the second's)."
+    other_task = preset('yesno_close'); other_task.instruction += ' Only about animals.'   # same name, other content
+    return [('base_url', {}, {'srv': 'other'}), ('model', {}, {'gen_kw': {'model': 'm2'}}), ('temperature', {}, {'gen_kw': {'temperature': 0.5}}),
+            ('top_p', {}, {'gen_kw': {'top_p': 0.9}}), ('max_tokens', {}, {'gen_kw': {'max_tokens': 500}}), ('structured', {}, {'structured': True}),
+            ('parallel', {}, {'parallel': 3}), ('per_request', {}, {'per_request': 4}), ('strategy', {}, {'strategy': 'random'}),
+            ('seed', {}, {'seed': 7}), ('task_content', {}, {'task': other_task})]
+
+
+@pytest.mark.parametrize('name,first,second', resume_changes(), ids=[c[0] for c in resume_changes()])
+def test_resume_refuses_any_change_of_what_decides_the_replies(tmp_path, name, first, second):
+    out = tmp_path/'d.jsonl'
+    with LocalServer(varied_examples(3), model='m') as srv, LocalServer(varied_examples(3), model='m') as other:
+        run(srv, 10, out=out, max_rounds=1, gen_kw={'model': 'm'})
+        before, kw = out.read_bytes(), {**second}
+        target, gen_kw = other if kw.pop('srv', None) else srv, {'model': 'm', **kw.pop('gen_kw', {})}
+        with pytest.raises(TaskError, match=rf"other settings \(was -> now\): {name} ") as e:
+            run(target, 20, out=out, gen_kw=gen_kw, **kw)
+        assert (srv.count, other.count, out.read_bytes()) == (1, 0, before)   # nothing sent, nothing touched
+    assert len(str(e.value).splitlines()) == 1
+
+
+def test_user_fields_named_like_provenance_survive():
+    task = Task('own_ids', "Yes/no questions with the asker's own id, round and model fields.",
+                {'id': 'q-17', 'round': 'semi-final', 'model': 'a red car', 'question': 'Is a car a vehicle?', 'answer': True}, LabelSpace.yes_no())
+    with LocalServer(varied_examples(5)) as srv:
+        res = run(srv, 12, task, strategy='tree', per_request=4)
+    for r in res.records:
+        assert isinstance(r['id'], str) and isinstance(r['round'], str) and r['model'] != 'simulated'
+        assert set(r['_meta']) == set(PROVENANCE) and r['_meta']['model'] == 'simulated'
+    assert [r['_meta']['id'] for r in res.records] == list(range(12))
+    assert res.to_frame()[['id', '_meta.id']].shape == (12, 2)
+
+
+def test_a_fatal_error_stops_at_once_then_the_same_call_resumes_without_paying_twice(tmp_path):
+    "A 401 in round 2: GenerationError with the server's message, nothing more sent; fixed, the round is replayed from the cache."
+    out, cache, task = tmp_path/'d.jsonl', tmp_path/'c.sqlite', preset('yesno_close')
+    with LocalServer(own_key_order) as ref_srv: ref = run(ref_srv, 60, task, strategy='tree', per_request=5, parallel=4)
+    bad = {'on': True}
+    def key_revoked(req, index): return '401' if bad['on'] and index == 3 else None   # round 0: 1 request, round 1: 4 requests
+    with LocalServer(own_key_order, fault_fn=key_revoked) as srv:
+        with pytest.raises(GenerationError, match='HTTP 401') as e:
+            run(srv, 60, task, strategy='tree', per_request=5, parallel=4, out=out, gen_kw={'cache': cache, 'max_retries': 0})
+        assert e.value.status == 401 and srv.count == 5 and len(read_jsonl(out)) == 5
+        assert json.loads(state_path(out).read_text())['running'] is True
+        bad['on'], paid_before = False, len(cached_keys(cache))
+        res = run(srv, 60, task, strategy='tree', per_request=5, parallel=4, out=out, gen_kw={'cache': cache})
+    assert paid_before == 4 and srv.count - 5 == ref_srv.count - paid_before   # the 3 answered requests of round 1 not paid again
+    assert res.records == ref.records
+
+
+def test_a_stall_is_not_final(tmp_path):
+    out = tmp_path/'d.jsonl'
+    with LocalServer(lambda req: "Sorry, I cannot.") as srv:
+        assert run(srv, 10, out=out, stall_rounds=2).stop_reason == 'stall'
+        sent = srv.count
+        assert run(srv, 10, out=out, stall_rounds=2).stop_reason == 'stall' and srv.count == 2 * sent
+
+
+@pytest.mark.parametrize('option', ['max_rounds', 'stall_rounds'])
+def test_limits_below_one_are_refused(option):
+    with LocalServer(varied_examples(1)) as srv:
+        with pytest.raises(TaskError, match=f"field '{option}': must be a whole number of at least 1, got 0"):
+            run(srv, 5, **{option: 0})
+        assert srv.count == 0
+
+
+def test_a_users_file_is_refused_and_left_untouched(tmp_path):
+    out = tmp_path/'mine.jsonl'
+    out.write_bytes(b'{"question": "Is ice cold?", "answer": true}\n{"question": "Is fire co')   # no trailing newline
+    before = out.read_bytes()
+    with LocalServer(varied_examples(1)) as srv:
+        with pytest.raises(TaskError, match='no state file mine.jsonl.state.json beside it'):
+            run(srv, 5, out=out)
+        assert srv.count == 0
+    assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ['mine.jsonl']
+
+
+def test_outputs_differing_after_a_dot_have_their_own_side_files(tmp_path):
+    with LocalServer(varied_examples(2)) as srv:
+        a = run(srv, 10, out=tmp_path/'v1.5', strategy='tree')
+        b = run(srv, 12, out=tmp_path/'v1.6', strategy='random')
+    assert (len(a.records), len(b.records)) == (10, 12)
+    assert {p.name for p in tmp_path.iterdir()} >= {'v1.5.state.json', 'v1.6.state.json', 'v1.5.rounds.jsonl', 'v1.6.rounds.jsonl', 'v1.5.lock', 'v1.6.lock'}
+
+
+def test_rounds_are_appended_not_rewritten(tmp_path):
+    out = tmp_path/'d.jsonl'
+    with LocalServer(deterministic) as srv:
+        res = run(srv, 40, out=out, strategy='random', per_request=2, parallel=2)
+    lines = (tmp_path/'d.jsonl.rounds.jsonl').read_text().splitlines()
+    assert [json.loads(l)['round'] for l in lines] == list(range(len(res.rounds))) and len(lines) == 10
+    assert 'rounds' not in json.loads(state_path(out).read_text())
+
+
+def test_restart_replays_from_the_cache_and_counts_nothing_as_fresh(tmp_path):
+    out, cache = tmp_path/'d.jsonl', tmp_path/'c.sqlite'
+    with LocalServer(varied_examples(4)) as srv:
+        first = run(srv, 20, out=out, gen_kw={'cache': cache})
+        sent = srv.count
+        again = run(srv, 20, out=out, gen_kw={'cache': cache}, restart=True)
+        assert srv.count == sent
+    assert (first.fresh, again.fresh, int(again.this_call['cached'].sum())) == (20, 0, sent)
+    assert again.records == first.records
+
+
+def test_interrupting_create_in_a_running_event_loop_cancels_the_run(tmp_path):
+    "As in Jupyter: `create` called inside a running loop, then SIGINT to the main thread: no request after it, finished rounds kept."
+    out = tmp_path/'d.jsonl'
+    with LocalServer(varied_examples(6), latency=0.2) as srv:
+        async def cell(): return run(srv, 1000, out=out, strategy='random', per_request=2, parallel=2)
+        threading.Timer(1.0, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT)).start()
+        loop = asyncio.new_event_loop()   # run_until_complete, like ipykernel: no SIGINT handler of asyncio's own
+        try:
+            with pytest.raises(KeyboardInterrupt): loop.run_until_complete(cell())
+        finally: loop.close()
+        sent = srv.count
+        time.sleep(0.6)
+        assert srv.count == sent and 0 < sent < 100
+    assert not [t for t in threading.enumerate() if t.name == 'datacreator-create']   # the run's thread has ended
+    state = json.loads(state_path(out).read_text())
+    assert len(read_jsonl(out)) == state['count_at_start'] > 0
+
+
+def test_the_embedded_model_is_one_endpoint_whatever_its_port(tmp_path):
+    "The servers this tool starts get a free port each run: a resume against the same model on another port goes on."
+    out = tmp_path/'d.jsonl'
+    with LocalServer(varied_examples(3), model=MODEL_ALIAS) as first: run(first, 10, out=out, gen_kw={'model': MODEL_ALIAS})
+    with LocalServer(varied_examples(3), model=MODEL_ALIAS) as second: res = run(second, 15, out=out, gen_kw={'model': MODEL_ALIAS})
+    assert first.port != second.port and len(res.records) == 15

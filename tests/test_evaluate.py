@@ -5,15 +5,21 @@ from pathlib import Path
 
 import matplotlib
 matplotlib.use('Agg')
+import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
 from datacreator_nb.evaluate import (distinct_n, vocabulary_size, label_shares, label_counts, entropy_bits, drift_by_round,
-                                     drift_table, mean_pairwise_similarity, diversity_report, length_stats, DownstreamModel,
+                                     drift_table, mean_pairwise_similarity, diversity_report, length_stats, DownstreamModel, record_text,
                                      downstream_eval, separable_records, relative_gap, accuracy_table, ood_partners,
                                      plot_accuracy, plot_drift, plot_cost, plot_rejections)
-from datacreator_nb.task import TASK_TYPES
+from datacreator_nb.task import TASK_TYPES, read_jsonl, data_path
+from datacreator_nb.sampling import HashingEmbedder, Similar
+from datacreator_nb.evaluate import record_meta, comparison_vectors
+from datacreator_nb.embed import default_embedder, MiniLMEmbedder
+
+minilm = pytest.mark.skipif(not isinstance(default_embedder(), MiniLMEmbedder), reason='the embed extra (MiniLM) is not installed')
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT/'benchmarks'/'paper_table.py'
@@ -39,27 +45,56 @@ def test_label_balance_of_yes_no_and_of_option_positions():
 def test_drift_of_an_identical_copy_is_zero_and_grows_with_distance():
     seed = {"question": "How can you keep cut flowers fresh?", "context": None}
     recs = [dict(seed, round=1), {"question": "How can you keep bread fresh?", "round": 2}, {"question": "Which planet is largest?", "round": 3}]
-    d = drift_by_round(recs, seed).set_index('round')['drift']
-    assert d[1] == pytest.approx(0.0, abs=1e-12)
+    d = drift_by_round(recs, seed, HashingEmbedder()).set_index('round')['drift']
+    assert d[1] == pytest.approx(0.0, abs=1e-6)
     assert 0 < d[2] < d[3] == pytest.approx(1.0)
-    both = drift_table({'a': recs[:1], 'b': recs[2:]}, seed)
-    assert both.set_index('strategy')['drift'].to_dict() == pytest.approx({'a': 0.0, 'b': 1.0})
+    both = drift_table({'a': recs[:1], 'b': recs[2:]}, seed, HashingEmbedder())
+    assert both.set_index('strategy')['drift'].to_dict() == pytest.approx({'a': 0.0, 'b': 1.0}, abs=1e-6)
+
+
+def test_drift_reads_the_round_from_meta_and_plain_records():
+    seed = {"question": "How can you keep cut flowers fresh?"}
+    recs = [{"question": "How can you keep bread fresh?", "_meta": {"id": "a", "round": 2, "parent": None, "depth": 1, "strategy": "tree", "model": "m"}},
+            {"question": "Which planet is largest?", "round": 3}]
+    assert drift_by_round(recs, seed, HashingEmbedder())['round'].tolist() == [2, 3]
+    assert record_meta(recs[0], 'strategy') == 'tree' and record_meta(recs[1], 'strategy', 'none') == 'none'
+    assert record_text(recs[0]) == "How can you keep bread fresh?"
 
 
 def test_pairwise_similarity_exact_and_sampled():
-    assert mean_pairwise_similarity(["red apples", "red apples", "red apples"]) == pytest.approx(1.0)
-    assert mean_pairwise_similarity(["red apples", "green planets"]) == 0.0
+    tfidf = HashingEmbedder()
+    assert mean_pairwise_similarity(["red apples", "red apples", "red apples"], tfidf) == pytest.approx(1.0)
+    assert mean_pairwise_similarity(["red apples", "green planets"], tfidf) == 0.0
     texts = ["red apples", "green planets"] * 150         # 44850 pairs: sampled path; copies are half the pairs minus the diagonal
-    exact = mean_pairwise_similarity(texts, max_pairs=10**6)
-    assert exact == pytest.approx(149 / 299, abs=1e-9)
-    assert mean_pairwise_similarity(texts, max_pairs=4000) == pytest.approx(exact, abs=0.03)
+    exact = mean_pairwise_similarity(texts, tfidf, max_pairs=10**6)
+    assert exact == pytest.approx(149 / 299, abs=1e-6)
+    assert mean_pairwise_similarity(texts, tfidf, max_pairs=4000) == pytest.approx(exact, abs=0.03)
+
+
+def test_evaluation_measures_with_the_similarity_the_strategies_pick_by():
+    "Issue 12: the mean similarity and drift use the strategies' embedder and weighting, so their numbers agree."
+    texts = ["How do you keep bread fresh?", "What stops a loaf going stale?", "Which planet has the most moons?"]
+    s = Similar()
+    assert type(s.cache.embedder) is type(default_embedder())
+    picked = s.cache.similarity(texts[:1], texts)[0]
+    X = comparison_vectors(texts)
+    ours = X[0] @ X.T
+    np.testing.assert_allclose(np.asarray(ours.todense() if hasattr(ours, 'todense') else ours).ravel(), picked, atol=1e-5)
+    assert mean_pairwise_similarity(texts[:2]) == pytest.approx(float(picked[1]), abs=1e-5)
+
+
+@minilm
+def test_sentence_vectors_see_paraphrase_that_words_miss():
+    para, unrelated = ["How do you keep bread fresh?", "What stops a loaf going stale?"], ["How do you keep bread fresh?", "Which planet has the most moons?"]
+    assert mean_pairwise_similarity(para) > mean_pairwise_similarity(unrelated) + 0.3
+    assert mean_pairwise_similarity(para, HashingEmbedder()) == pytest.approx(mean_pairwise_similarity(unrelated, HashingEmbedder()), abs=0.05)
 
 
 def test_diversity_report_and_lengths():
     recs = [{"question": "red green blue", "context": "yellow purple", "options": ["True", "False"], "label": True},
             {"question": "red green", "context": None, "options": ["True", "False"], "label": False}]
     rep = diversity_report(recs, seed=recs[0])
-    assert (rep.n, rep.vocabulary, rep.label_entropy) == (2, 5, 1.0)
+    assert (rep.n, rep.vocabulary, rep.label_entropy) == (2, 5, 1.0) and rep.embedder == getattr(default_embedder(), 'name')
     assert 0 < rep.drift < 1
     assert length_stats(recs).loc['question', 'mean'] == 2.5 and length_stats(recs).loc['context', 'n'] == 1
     assert '| vocabulary | 5 |' in rep._repr_markdown_()
@@ -74,6 +109,43 @@ def test_downstream_model_learns_a_separable_task_and_follows_its_labels(task_ty
     if mc: flipped = [dict(r, label=next(o for o in r['options'] if o != r['label'])) for r in train]
     else: flipped = [dict(r, label=not r['label']) for r in train]
     assert DownstreamModel(mc).fit(flipped).accuracy(test) <= 0.1
+
+
+def test_proba_columns_are_true_false_or_the_records_options():
+    yn = DownstreamModel(False).fit(separable_records('yesno_close', 200, seed=1))
+    assert yn.labels == [True, False]
+    p = yn.proba([{"question": "Can you eat a banana?"}, {"question": "Can you eat a hammer?"}])
+    assert p.shape == (2, 2) and p.sum(1) == pytest.approx([1, 1]) and p[0, 0] > 0.5 > p[1, 0]
+    mc = DownstreamModel(True).fit(separable_records('mcqa_5', 200, seed=1))
+    q = mc.proba([{"question": "Which one is food?", "options": ["brick", "apple"]}, {"question": "Which one is food?", "options": ["nail", "rope", "pear"]}])
+    assert q.shape == (2, 3) and np.isnan(q[0, 2]) and np.nansum(q, 1) == pytest.approx([1, 1])
+    assert np.nanargmax(q[0]) == 1 and np.nanargmax(q[1]) == 2
+
+
+@pytest.mark.parametrize('mc', [False, True])
+def test_sample_weight_decides_which_labels_are_learnt(mc):
+    tt = 'mcqa_2' if mc else 'yesno_close'
+    train, test = separable_records(tt, 150, seed=1), separable_records(tt, 100, seed=2)
+    flip = (lambda r: dict(r, label=next(o for o in r['options'] if o != r['label']))) if mc else (lambda r: dict(r, label=not r['label']))
+    both = train + [flip(r) for r in train]
+    right, wrong = [1.0] * len(train) + [0.0] * len(train), [0.0] * len(train) + [1.0] * len(train)
+    assert DownstreamModel(mc).fit(both, sample_weight=right).accuracy(test) >= 0.9
+    assert DownstreamModel(mc).fit(both, sample_weight=wrong).accuracy(test) <= 0.1
+    with pytest.raises(ValueError, match='sample_weight has 3 weights for 300 records'): DownstreamModel(mc).fit(train + train, sample_weight=[1, 1, 1])
+
+
+def test_one_label_only_is_a_clear_error():
+    with pytest.raises(ValueError, match='one label only'): DownstreamModel(False).fit([{"question": "q", "label": True}] * 3)
+    with pytest.raises(ValueError, match="no training record's label is one of its options"):
+        DownstreamModel(True).fit([{"question": "q", "options": ["a", "b"], "label": "c"}] * 3)
+
+
+@minilm
+def test_sentence_vectors_learn_a_shipped_mcqa_set_that_tfidf_cannot():
+    "clues_*.jsonl: 5 options, answers never share a word with the clue, test clues unseen in training; chance is 20%."
+    train, test = (read_jsonl(data_path('eval', f'clues_{s}.jsonl')) for s in ('train', 'test'))
+    assert DownstreamModel(True).fit(train).accuracy(test) >= 0.6
+    assert DownstreamModel(True, HashingEmbedder()).fit(train).accuracy(test) <= 0.2
 
 
 def test_downstream_eval_rows_and_missing_training_data():
@@ -119,6 +191,19 @@ def _dataset_tree(root: Path, train_for=('winogrande',)) -> Path:
     return root
 
 
+PAPER = {"id_accuracy": {"n_train": {"mcqa_2/piqa": 14113, "mcqa_2/winogrande": 160},
+                         "D_L": {"mcqa_2/piqa": 81.0, "mcqa_2/winogrande": 51.4}, "tree": {"mcqa_2/piqa": 68.4, "mcqa_2/winogrande": 52.8}},
+         "ood_accuracy": {"test_column_as_printed": {"mcqa_2/piqa": "PIQA", "mcqa_2/winogrande": "WinoGrande"},
+                          "D_L": {"mcqa_2/piqa": 44.0, "mcqa_2/winogrande": 44.6}, "tree": {"mcqa_2/piqa": 50.3, "mcqa_2/winogrande": 49.6}},
+         "cost_usd": {"tree": {"mcqa_2/piqa": 3.97, "mcqa_2/winogrande": 0.02}}}
+
+
+def _paper(root: Path) -> Path:
+    "A small stand-in for the paper's results.json (tests never read ../shared)."
+    (root/'paper.json').write_text(json.dumps(PAPER))
+    return root/'paper.json'
+
+
 def _run(*args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, BENCH, *map(str, args)], capture_output=True, text=True, timeout=300, cwd=ROOT)
 
@@ -129,25 +214,31 @@ def test_paper_table_evaluates_created_files(tmp_path):
             recs = [dict(r, round=i // 5 + 1, strategy=s) for i, r in enumerate(separable_records('mcqa_2', 50, seed=100 + k))]
             (created/'mcqa_2').mkdir(parents=True, exist_ok=True)
             (created/'mcqa_2'/f'{d}_{s}.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in recs))
-    p = _run('--data', data, '--created', created, '--strategies', 'naive,tree', '--out', tmp_path/'out', '--quick')
+    p = _run('--data', data, '--created', created, '--strategies', 'naive,tree', '--out', tmp_path/'out', '--quick', '--paper', _paper(tmp_path))
     assert p.returncode == 0, p.stderr
     last = json.loads(p.stdout.strip().splitlines()[-1])
-    assert last == {"datasets": 2, "strategies": 2, "rows": 2 * 3 * 2}   # 2 datasets x (D_L + 2 strategies) x (ID + OOD)
+    # paper cells beside a measured one: winogrande D_L and tree, piqa tree (piqa has no D_L here; the paper has no naive)
+    assert last == {"datasets": 2, "strategies": 2, "paper_cells": 3, "dl": {"mcqa_2/piqa": None, "mcqa_2/winogrande": 1.0},
+                    "chance": {"mcqa_2/piqa": 0.5, "mcqa_2/winogrande": 0.5}}
     assert 'no train split in the data' in p.stdout                       # piqa has no train split: said, not crashed
     id_row = next(l for l in p.stdout.splitlines() if l.startswith('mcqa_2/winogrande'))
     assert id_row.split()[2:5] == ['100.0', '100.0', '100.0']             # D_L, naive, tree on separable data
-    assert (tmp_path/'out'/'accuracy.png').exists()
+    assert id_row.split()[-3:] == ['51.4', '', '52.8'] or id_row.split()[-2:] == ['51.4', '52.8']   # the paper's D_L and tree beside ours
+    paired = p.stdout.split('as the paper pairs it')[1].split('\n\n')[0]
+    assert 'mcqa_2/piqa' in paired and '(trained on winogrande)' in paired and '44.0' in paired
+    assert 'mcqa_2/winogrande' in p.stdout.split('D_L check')[1] and (tmp_path/'out'/'accuracy.png').exists()
 
 
 @pytest.mark.skipif(not (importlib.util.find_spec('datacreator_nb.create') and importlib.util.find_spec('datacreator_nb.generate')),
                     reason='datacreator_nb.create / generate not written yet')
 def test_paper_table_quick_creates_through_the_simulated_server(tmp_path):
     data = _dataset_tree(tmp_path/'data')
-    p = _run('--data', data, '--out', tmp_path/'out', '--quick', '--n', 10, '--local')
+    p = _run('--data', data, '--out', tmp_path/'out', '--quick', '--n', 10, '--local', '--paper', tmp_path/'absent.json')
     assert p.returncode == 0, p.stderr
-    assert 'SIMULATED' in p.stdout
-    assert json.loads(p.stdout.strip().splitlines()[-1]) == {"datasets": 2, "strategies": 5, "rows": 2 * 6 * 2}
-    created = sorted(f.name for f in (tmp_path/'out'/'created'/'mcqa_2').glob('*.jsonl'))
+    assert 'SIMULATED' in p.stdout and 'No paper columns' in p.stdout
+    last = json.loads(p.stdout.strip().splitlines()[-1])
+    assert (last['datasets'], last['strategies'], last['paper_cells']) == (2, 5, 0)
+    created = sorted(f.name for f in (tmp_path/'out'/'created'/'mcqa_2').glob('*_*.jsonl') if f.name.count('.') == 1)   # not the runs' side files
     assert len(created) == 10
     recs = [json.loads(l) for l in (tmp_path/'out'/'created'/'mcqa_2'/'piqa_tree.jsonl').read_text().splitlines()]
     assert len(recs) >= 10 and all(r['label'] in r['options'] for r in recs)

@@ -1,9 +1,10 @@
 """The embedded model: found, served on loopback, stopped whatever happens, and the loop makes valid examples with it."""
-import json, os, signal, subprocess, sys, time
+import json, os, signal, subprocess, sys, time, urllib.request
 
 import pytest
 from openai import OpenAI
 
+import datacreator_nb.local_model as local_model
 from datacreator_nb.local_model import (LocalModelError, ModelServer, adapt_response_format, bundled_gguf,
                                         free_port, grammar_schema, serve_model)
 from datacreator_nb.prompt import messages, reply_schema, response_format
@@ -15,11 +16,15 @@ KNOWN_REASONS = {'not_json', 'truncated', 'not_object', 'no_json', 'missing_fiel
                  'option_count', 'duplicate_options', 'options_changed', 'exact_duplicate', 'near_duplicate', 'seed_copy'}
 
 
-def gone(pid: int) -> bool:
-    "Whether no process has this pid any more."
-    try: os.kill(pid, 0)
-    except ProcessLookupError: return True
-    return False
+def gone(pid: int, wait: float = 0.0) -> bool:
+    "Whether the process `pid` has ended (or is a zombie nobody reaped yet) within `wait` seconds."
+    deadline = time.monotonic() + wait
+    while True:
+        try: state = open(f'/proc/{pid}/stat').read().rsplit(')', 1)[1].split()[0]
+        except FileNotFoundError: return True
+        if state == 'Z': return True
+        if time.monotonic() >= deadline: return False
+        time.sleep(0.1)
 
 
 def test_bundled_gguf_is_a_gguf_file():
@@ -33,14 +38,58 @@ def test_missing_gguf_fails_before_starting_anything(tmp_path):
         ModelServer(tmp_path/'absent.gguf')
 
 
-def test_bad_gguf_fails_fast_with_the_server_log_and_leaves_no_process(tmp_path):
+def test_bad_gguf_falls_back_then_fails_with_the_server_log_kept_and_no_process(tmp_path, capfd):
     bad = tmp_path/'bad.gguf'
     bad.write_bytes(b'this is not a model')
     srv = ModelServer(bad, timeout=30)
     with pytest.raises(LocalModelError, match='exited') as err:
         srv.start()
-    assert 'Failed to load model' in str(err.value)  # the tail of the server's own log
-    assert gone(srv.pid) and not srv.log_path.exists()
+    said = capfd.readouterr().err.strip().splitlines()
+    assert len(said) == 1 and "native server" in said[0] and 'falling back' in said[0]  # one line, naming the native log
+    native_log = said[0].split('log kept at ')[1].split(')')[0]
+    assert 'invalid magic' in open(native_log).read()
+    assert 'Failed to load model' in str(err.value)  # the tail of the fallback server's own log
+    assert srv.engine == 'llama-cpp-python' and gone(srv.pid) and srv.log_path.exists() and str(srv.log_path) in str(err.value)
+    os.unlink(native_log); srv.log_path.unlink()
+
+
+def test_without_the_native_server_it_falls_back_in_one_line(monkeypatch, capfd):
+    monkeypatch.setattr(local_model, 'native_available', lambda: False)
+    with pytest.raises(LocalModelError, match='not installed'):
+        ModelServer(native=True).start()
+    with serve_model() as srv:
+        assert srv.engine == 'llama-cpp-python'
+        assert OpenAI(base_url=srv.base_url, api_key='not-needed').models.list().data[0].id == srv.model
+    said = capfd.readouterr().err.strip().splitlines()
+    assert len(said) == 1 and 'not installed' in said[0] and "falling back to llama-cpp-python's server" in said[0]
+    assert not srv.log_path.exists()  # it started well: its log goes with it
+
+
+def test_slots_must_be_a_positive_whole_number():
+    with pytest.raises(ValueError, match='slots'): ModelServer(slots=0)
+
+
+def test_native_server_has_one_slot_per_parallel_request_each_with_its_context():
+    with serve_model(slots=4, n_ctx=1024, native=True) as srv:
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(srv.base_url.removesuffix('/v1') + '/slots') as r:
+            slots = json.load(r)
+        assert srv.engine == 'native' and [s['n_ctx'] for s in slots] == [1024] * 4
+
+
+def test_the_server_dies_with_its_parent_even_when_started_from_a_thread():
+    "A Jupyter kernel runs create() in a worker thread: the server must outlive that thread, and not the process."
+    script = ("import threading, time\nfrom datacreator_nb.local_model import serve_model\nbox = []\n"
+              "t = threading.Thread(target=lambda: box.append(serve_model())); t.start(); t.join()\n"
+              "print(box[0].pid, box[0].log_path, flush=True)\ntime.sleep(600)")
+    parent = subprocess.Popen([sys.executable, '-c', script], stdout=subprocess.PIPE, text=True)
+    try:
+        pid, log = parent.stdout.readline().split()
+        assert not gone(int(pid), wait=1)   # the thread that started it has ended, the server serves on
+        parent.kill(); parent.wait()
+        assert gone(int(pid), wait=10)
+    finally:
+        if parent.poll() is None: parent.kill()
+        if 'log' in locals(): os.unlink(log)  # nobody was left to remove it
 
 
 @pytest.mark.parametrize('interruption', [RuntimeError, KeyboardInterrupt])
@@ -60,6 +109,7 @@ def test_serve_forever_prints_the_url_and_stops_on_ctrl_c():
     try:
         lines = [cli.stdout.readline() for _ in range(4)]  # the last one says Ctrl-C
         assert f'OPENAI_BASE_URL=http://127.0.0.1:{port}/v1' in ''.join(lines)
+        assert "llama.cpp's native server, 8 requests at a time" in lines[0]
         server_pid = int(lines[0].split('pid ')[1].split(')')[0])
         cli.send_signal(signal.SIGINT)
         assert cli.wait(30) == 0

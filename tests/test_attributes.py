@@ -1,0 +1,198 @@
+"""Attributes (issue 15): the spec is checked naming the field, sampling is seeded and resume-stable, values are
+proposed through the simulated server, conditions and label targets reach the prompt, asked vs got is reported."""
+import asyncio, json
+from collections import Counter
+from dataclasses import replace
+
+import pytest
+
+from datacreator_nb.attributes import (label_report, label_targets, propose_missing, propose_values, sample_conditions,
+                                       target_labels)
+from datacreator_nb.generate import Generator
+from datacreator_nb.prompt import messages
+from datacreator_nb.server import LocalServer
+from datacreator_nb.task import Attribute, LabelSpace, TaskError, data_path, load_task, preset
+from datacreator_nb.validate import Validator
+
+SPEC = {"topic": {"propose": 4}, "difficulty": ["easy", "hard"], "style": {"values": ["plain", "playful", "formal"], "weights": [6, 3, 1]}}
+TOPICS = {"topic": ["volcanoes", "bees", "tides", "chess"]}
+
+
+def task(spec=SPEC, kind='yesno_close'): return replace(preset(kind), attributes=spec)
+
+
+# --- the spec -------------------------------------------------------------------------------------
+
+def test_task_file_with_attributes(tmp_path):
+    (p := tmp_path/'t.json').write_text(json.dumps({'task_type': 'yesno_close', 'attributes': SPEC,
+                                                    'example': {'question': 'Is ice cold?', 'options': ['True', 'False'], 'answer': True}}))
+    t = load_task(p)
+    assert t.attributes['topic'] == Attribute('topic', propose=4)
+    assert t.attributes['style'].weights == (6, 3, 1)
+    assert preset('mcqa_2').attributes == {}
+
+
+@pytest.mark.parametrize('spec,field', [
+    ({"difficulty": []}, 'attributes.difficulty'),
+    ({"difficulty": ["easy", " EASY "]}, 'attributes.difficulty'),
+    ({"difficulty": ["easy", None]}, 'attributes.difficulty'),
+    ({"difficulty": {"values": ["a", "b"], "weights": [1, -1]}}, 'attributes.difficulty.weights'),
+    ({"difficulty": {"values": ["a", "b"], "weights": [0, 0]}}, 'attributes.difficulty.weights'),
+    ({"topic": {"propose": True}}, 'attributes.topic.propose'),
+    ({"topic": {"propose": 5, "values": ["x"]}}, 'attributes.topic'),
+    ({"topic": {"propose": 5, "weights": [1]}}, 'attributes.topic.weights'),
+    ({"topic": {"propose": 5, "count": 3}}, 'attributes.topic.count'),
+    ({"topic": "volcanoes"}, 'attributes.topic'),
+    (["topic"], 'attributes'),
+])
+def test_bad_attribute_specs_name_the_field(tmp_path, spec, field):
+    (p := tmp_path/'t.json').write_text(json.dumps({'task_type': 'yesno_close', 'attributes': spec,
+                                                    'example': {'question': 'Is ice cold?', 'answer': True}}, indent=1))
+    with pytest.raises(TaskError, match=rf"t.json(:\d+)?: field '{field}'"):
+        load_task(p)
+
+
+# --- sampling -------------------------------------------------------------------------------------
+
+def test_needs_proposed_values():
+    with pytest.raises(TaskError, match="field 'attributes.topic': has no values yet"):
+        sample_conditions(task(), 3)
+
+
+@pytest.mark.parametrize('mode', ['uniform', 'weighted', 'every'])
+def test_sampling_is_seeded_and_independent_of_rounds(mode):
+    t = task()
+    whole = sample_conditions(t, 50, seed=7, mode=mode, proposed=TOPICS)
+    rounds = [c for lo in range(0, 50, 8) for c in sample_conditions(t, min(8, 50 - lo), seed=7, mode=mode, start=lo, proposed=TOPICS)]
+    assert whole == rounds == sample_conditions(t, 50, seed=7, mode=mode, proposed=TOPICS)
+    assert whole != sample_conditions(t, 50, seed=8, mode=mode, proposed=TOPICS)
+    assert all(list(c) == ['topic', 'difficulty', 'style'] for c in whole)
+
+
+def test_uniform_covers_every_value_equally():
+    conds = sample_conditions(task(), 12, seed=3, proposed=TOPICS)
+    assert Counter(c['topic'] for c in conds) == Counter({t: 3 for t in TOPICS['topic']})
+    assert Counter(c['style'] for c in conds) == Counter({'plain': 4, 'playful': 4, 'formal': 4})  # weights ignored
+    assert len({c['topic'] for c in conds[:4]}) == 4                                              # no repeat before all are used
+
+
+def test_weighted_follows_weights():
+    got = Counter(c['style'] for c in sample_conditions(task(), 5000, seed=1, mode='weighted', proposed=TOPICS))
+    assert abs(got['plain'] / 5000 - 0.6) < 0.03 and abs(got['formal'] / 5000 - 0.1) < 0.02
+
+
+def test_every_combination_once_per_cycle():
+    conds = sample_conditions(task(), 48, seed=2, mode='every', proposed=TOPICS)
+    combos = [tuple(c.values()) for c in conds]
+    assert len(set(combos[:24])) == 24 and set(combos[:24]) == set(combos[24:]) and combos[:24] != combos[24:]
+
+
+def test_bad_sampling_arguments():
+    with pytest.raises(ValueError, match="mode must be one of"): sample_conditions(task(), 2, mode='random', proposed=TOPICS)
+    with pytest.raises(ValueError, match="at least 0"): sample_conditions(task(), -1, proposed=TOPICS)
+    big = {f"a{i}": [str(j) for j in range(10)] for i in range(6)}
+    with pytest.raises(ValueError, match="mode 'every' walks at most 100,000 combinations"): sample_conditions(task(big), 1, mode='every')
+    assert sample_conditions(preset('mcqa_5'), 3) == [{}, {}, {}]
+
+
+# --- the prompt -----------------------------------------------------------------------------------
+
+def test_conditions_and_targets_in_the_prompt():
+    t = task()
+    cond = sample_conditions(t, 1, proposed=TOPICS)[0]
+    system = messages(t, n=5, conditions=cond, label_targets={True: 3, False: 2})[0]['content']
+    assert f"be about: topic = {cond['topic']}; difficulty = {cond['difficulty']}; style = {cond['style']}." in system
+    assert "exactly 3 with answer True, 2 with answer False." in system
+    assert "all have different answers" not in system and "mix of the possible answers" not in system
+    assert messages(t, n=5) == messages(t, n=5, conditions={}, label_targets={})
+    mc = messages(preset('mcqa_5'), n=5, label_targets=label_targets(preset('mcqa_5'), 5))[0]['content']
+    assert "1 with the correct answer as option 1, 1 with the correct answer as option 2" in mc
+    with pytest.raises(ValueError, match="label targets ask for 4 examples, but the request asks for 5"):
+        messages(t, n=5, label_targets={True: 2, False: 2})
+    with pytest.raises(ValueError, match="conditions must map attribute names to non-empty strings"):
+        messages(t, n=5, conditions={'topic': ''})
+    fixed = messages(load_task_sentiment(), n=2, label_targets={'positive': 1, 'negative': 1})[0]['content']
+    assert 'exactly 1 with answer "positive", 1 with answer "negative".' in fixed
+
+
+def load_task_sentiment():
+    return load_task(data_path('tasks', 'sentiment.json'))
+
+
+# --- label targets --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('kind,n', [('yesno_close', 5), ('yesno_close', 4), ('mcqa_5', 3), ('mcqa_2', 5), ('mcqa_5', 7)])
+def test_targets_sum_to_n_and_stay_balanced(kind, n):
+    t = preset(kind)
+    targets = [label_targets(t, n, r) for r in range(40)]
+    assert all(sum(x.values()) == n and list(x) == target_labels(t) for x in targets)
+    for k in range(1, 41):
+        totals = sum(map(Counter, targets[:k]), Counter())
+        assert max(totals[l] for l in target_labels(t)) - min(totals[l] for l in target_labels(t)) <= 1
+
+
+def test_open_label_space_has_no_targets():
+    t = replace(load_task_sentiment(), label_space=LabelSpace.open())
+    assert label_targets(t, 5) == {} and target_labels(t) == []
+
+
+def test_asked_vs_got_on_scripted_replies():
+    "Two requests with targets, answered by scripted replies that honour them only partly; duplicates do not count as got."
+    t = preset('yesno_close')
+    asked = [label_targets(t, 3, r) for r in range(2)]
+    q = lambda i, a: {"question": f"Scripted claim number {i} about {'abcdefgh'[i]} things in the world.", "options": ["True", "False"], "answer": a}
+    replies = [json.dumps([q(0, True), q(1, True), q(2, True)]), json.dumps([q(3, False), q(4, True), q(0, True)])]
+    v = Validator(t)
+    got = [ex for r in replies for ex in v.validate(r).accepted]
+    df = label_report(t, asked, got)
+    assert df[['label', 'asked', 'got']].values.tolist() == [['True', 3, 4], ['False', 3, 1]]
+    mc = preset('mcqa_2')
+    rep = label_report(mc, [label_targets(mc, 2)], [{"question": "q", "options": ["x", "y"], "answer": "y"}] * 2)
+    assert rep[['label', 'asked', 'got']].values.tolist() == [['option 1', 1, 0], ['option 2', 1, 2]]
+
+
+# --- proposal through the simulated server --------------------------------------------------------
+
+def propose(responder, coro_fn):
+    async def go(srv):
+        g = Generator('simulated', base_url=srv.base_url, api_key='sk-x')
+        try: return await coro_fn(g)
+        finally: await g.aclose()
+    with LocalServer(responder) as srv:
+        return asyncio.run(go(srv)), srv
+
+
+def test_propose_values_cleans_the_reply():
+    reply = 'Here you go:\n```json\n["Volcanoes", " bees ", "VOLCANOES", "", 42, null, "tides", "chess", "deserts"]\n```'
+    values, srv = propose(lambda req: reply, lambda g: propose_values(task(), 'topic', 4, g))
+    assert values == ["Volcanoes", "bees", "tides", "chess"]
+    system = srv.requests[0]['messages'][0]['content']
+    assert 'List 4 distinct values of topic' in system and preset('yesno_close').instruction in system
+
+
+def test_propose_values_refuses_a_useless_reply():
+    with pytest.raises(TaskError, match=r"field 'attributes.topic': the model proposed no usable values .* it replied: 'I would rather not.'"):
+        propose(lambda req: 'I would rather not.', lambda g: propose_values(task(), 'topic', 4, g))
+
+
+def test_propose_missing_reuses_stored_values():
+    "A resumed run passes the values its state kept: nothing is asked again."
+    reply = json.dumps(["volcanoes", "bees", "tides", "chess"])
+    first, srv = propose(lambda req: reply, lambda g: propose_missing(task(), g))
+    assert first == TOPICS and srv.count == 1
+    again, srv2 = propose(lambda req: 'never asked', lambda g: propose_missing(task(), g, first))
+    assert again == TOPICS and srv2.count == 0
+    assert sample_conditions(task(), 8, seed=1, proposed=first) == sample_conditions(task(), 8, seed=1, proposed=again)
+
+
+def test_proposal_replaces_the_examples_format():
+    "A generator with structured output for examples asks for the proposal in its own format, and the wrapped reply is read."
+    from datacreator_nb.prompt import response_format
+    async def go(srv):
+        g = Generator('simulated', base_url=srv.base_url, api_key='sk-x', response_format=response_format(preset('yesno_close'), 5))
+        try: return await propose_values(task(), 'topic', 3, g)
+        finally: await g.aclose()
+    with LocalServer(lambda req: json.dumps({"values": ["volcanoes", "bees", "tides", "chess"]})) as srv:
+        assert asyncio.run(go(srv)) == ["volcanoes", "bees", "tides"]
+        sent = srv.requests[0]['response_format']['json_schema']
+    assert sent['name'] == 'attribute_values' and sent['schema']['properties']['values']['maxItems'] == 3
