@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
-.PHONY: demo test readme
+.PHONY: demo test readme docs
 
 $(VENV)/.demo: setup.py settings.ini
 	test -x $(BIN)/python || python3 -m venv $(VENV)
@@ -28,3 +28,6 @@ test: $(VENV)/.dev
 
 readme:
 	$(BIN)/jupyter nbconvert --to markdown --stdout --log-level=ERROR nbs/index.ipynb > README.md
+
+docs: $(VENV)/.dev
+	$(BIN)/python .ci/docs.py _docs
