@@ -28,10 +28,10 @@ CLI = [sys.executable, '-c', 'from datacreator_nb.cli import main; main()']
 
 SERVER = r'''
 import json, sys, threading, time
-from datacreator_nb.server import LocalServer, varied_examples
+from datacreator_nb.server import SimulatedServer, varied_examples
 log = open(sys.argv[1], 'a', buffering=1)
 
-class LoggedServer(LocalServer):
+class LoggedServer(SimulatedServer):
     "The simulated server, logging each chat answer: time, status, content, tokens, and whether the client was gone."
     async def route(self, request):
         resp = await super().route(request)

@@ -305,8 +305,8 @@ def main(argv=None):
     with contextlib.ExitStack() as stack:
         base_url = args.base_url
         if simulated and needs_creation and args.strategies:
-            from datacreator_nb.server import LocalServer
-            base_url = stack.enter_context(LocalServer(model='simulated')).base_url
+            from datacreator_nb.server import SimulatedServer
+            base_url = stack.enter_context(SimulatedServer(model='simulated')).base_url
             print("NOTE: data is SIMULATED by the project's local test server (random well-formed examples), "
                   "NOT created by a language model: accuracies below say nothing about any model; "
                   f"costs are the simulated replies' token counts priced as {args.model}.")

@@ -6,7 +6,7 @@ are cached by the strategy, so a round embeds only the new items; the one-off ti
 reported separately. Goal: < 1 s per round at 100k. Last line: one JSON object.
 
 Second half: the share of a 2,000-example creation run's wall time spent outside LLM calls (the loop's own
-overhead: prompting, validation, dedup, selection, writing), against the simulated server `datacreator serve-local`
+overhead: prompting, validation, dedup, selection, writing), against the simulated server `datacreator serve-simulated`
 in a separate process with a fixed latency. The run writes what `datacreator create --out` writes: the JSONL records
 (fsynced each round), the state file and the request cache, in a temporary folder. Goal: < 2%.
 
@@ -78,12 +78,12 @@ def measure_selection(size: int, rounds: int, new_per_round: int = 5, seed: int 
 
 @contextmanager
 def simulated_server(latency: float):
-    "`datacreator serve-local` in its own process (its CPU is not the client's overhead); yields its base_url."
+    "`datacreator serve-simulated` in its own process (its CPU is not the client's overhead); yields its base_url."
     exe = Path(sys.executable).parent/'datacreator'
-    p = subprocess.Popen([str(exe), 'serve-local', '--port', '0', '--latency', str(latency)], stdout=subprocess.PIPE, text=True)
+    p = subprocess.Popen([str(exe), 'serve-simulated', '--port', '0', '--latency', str(latency)], stdout=subprocess.PIPE, text=True)
     try:
         base_url = p.stdout.readline().strip()
-        if not base_url.startswith('http://'): raise RuntimeError(f"serve-local did not start (exit {p.poll()})")
+        if not base_url.startswith('http://'): raise RuntimeError(f"serve-simulated did not start (exit {p.poll()})")
         yield base_url
     finally:
         p.send_signal(signal.SIGINT)
@@ -131,7 +131,7 @@ def main():
     if args.overhead_n:
         over = measure_overhead_share(args.overhead_n, args.latency)
         print(f"\ncreation loop overhead: {args.overhead_n:,} examples of yesno_close, per_request 5, parallel 8, records + state + request cache on disk, "
-              f"against the SIMULATED SERVER (datacreator serve-local, latency {args.latency} s, separate process; not a model)")
+              f"against the SIMULATED SERVER (datacreator serve-simulated, latency {args.latency} s, separate process; not a model)")
         print(f"{'strategy':<12} {'examples':>8} {'rounds':>7} {'wall (s)':>9} {'in LLM calls (s)':>17} {'between calls (s)':>18} {'overhead':>9}")
         for r in over:
             print(f"{r['strategy']:<12} {r['examples']:>8,} {r['rounds']:>7} {r['wall_s']:>9.2f} {r['llm_s']:>17.2f} {r['loop_s']:>18.3f} {r['overhead_share']:>9.2%}")

@@ -3,7 +3,7 @@
 For each concurrency c, the ideal rate is c / latency; the ratio measured / ideal shows what the client and
 server lose to overhead. Client overhead per request is measured apart, one request at a time with latency 0.
 The table also shows the client process's CPU time per request at each concurrency: 64 replies that arrive
-together queue behind that much CPU each. Cache disabled. The server runs in its own process (`serve_local`), as a real endpoint would.
+together queue behind that much CPU each. Cache disabled. The server runs in its own process (`serve_simulated`), as a real endpoint would.
 The client is the `openai` AsyncOpenAI client; it sends over aiohttp when installed (`openai[aiohttp]`), else httpx2.
 The 1-minute load average is printed first: other processes on the machine lower every ratio.
 For reference (NOT the product path), a minimal HTTP/1.1 client written on asyncio streams sends the same
@@ -27,8 +27,8 @@ def messages(i):
 
 
 def start_server(latency):
-    "A `serve_local` child process and its base_url."
-    p = subprocess.Popen([sys.executable, '-c', f'from datacreator_nb.server import serve_local; serve_local(latency={latency})'],
+    "A `serve_simulated` child process and its base_url."
+    p = subprocess.Popen([sys.executable, '-c', f'from datacreator_nb.server import serve_simulated; serve_simulated(latency={latency})'],
                          stdout=subprocess.PIPE, text=True)
     url = p.stdout.readline().strip()
     print(f'server {url}: {p.stdout.readline().strip()}')

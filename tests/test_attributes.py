@@ -10,7 +10,7 @@ from datacreator_nb.attributes import (label_report, label_targets, propose_miss
                                        target_labels)
 from datacreator_nb.generate import Generator
 from datacreator_nb.prompt import messages
-from datacreator_nb.server import LocalServer
+from datacreator_nb.server import SimulatedServer
 from datacreator_nb.task import Attribute, LabelSpace, TaskError, data_path, load_task, preset
 from datacreator_nb.validate import Validator
 
@@ -158,7 +158,7 @@ def propose(responder, coro_fn):
         g = Generator('simulated', base_url=srv.base_url, api_key='sk-x')
         try: return await coro_fn(g)
         finally: await g.aclose()
-    with LocalServer(responder) as srv:
+    with SimulatedServer(responder) as srv:
         return asyncio.run(go(srv)), srv
 
 
@@ -192,7 +192,7 @@ def test_proposal_replaces_the_examples_format():
         g = Generator('simulated', base_url=srv.base_url, api_key='sk-x', response_format=response_format(preset('yesno_close'), 5))
         try: return await propose_values(task(), 'topic', 3, g)
         finally: await g.aclose()
-    with LocalServer(lambda req: json.dumps({"values": ["volcanoes", "bees", "tides", "chess"]})) as srv:
+    with SimulatedServer(lambda req: json.dumps({"values": ["volcanoes", "bees", "tides", "chess"]})) as srv:
         assert asyncio.run(go(srv)) == ["volcanoes", "bees", "tides"]
         sent = srv.requests[0]['response_format']['json_schema']
     assert sent['name'] == 'attribute_values' and sent['schema']['properties']['values']['maxItems'] == 3

@@ -1,11 +1,11 @@
-"""The installed `datacreator` console script as a subprocess: create, formats, resume, errors, a remote endpoint, serve-local, demo."""
+"""The installed `datacreator` console script as a subprocess: create, formats, resume, errors, a remote endpoint, serve-simulated, demo."""
 import fcntl, json, os, signal, subprocess, sys, urllib.request
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from datacreator_nb.server import LocalServer, varied_examples
+from datacreator_nb.server import SimulatedServer, varied_examples
 from datacreator_nb.task import preset, read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,7 +75,7 @@ def test_unknown_strategy_is_an_argparse_error(tmp_path):
 
 def test_base_url_of_a_running_server(tmp_path):
     out = tmp_path/'o.jsonl'
-    with LocalServer(varied_examples(4), model='m') as srv:
+    with SimulatedServer(varied_examples(4), model='m') as srv:
         r = cli('create', '--preset', 'yesno_open', '--n', 8, '--base-url', srv.base_url, '--model', 'm', '--out', out, '--quiet', '--per-request', 4)
         sent = srv.count
     assert r.returncode == 0, r.stderr
@@ -85,8 +85,8 @@ def test_base_url_of_a_running_server(tmp_path):
     assert {q['model'] for q in srv.requests} == {'m'}
 
 
-def test_serve_local_answers_and_stops_on_sigint():
-    p = subprocess.Popen([EXE, 'serve-local', '--port', '0'], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+def test_serve_simulated_answers_and_stops_on_sigint():
+    p = subprocess.Popen([EXE, 'serve-simulated', '--port', '0'], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         base_url = p.stdout.readline().strip()   # printed as soon as it listens (readline returns '' if it died)
         assert base_url.startswith('http://127.0.0.1:') and base_url.endswith('/v1'), p.stderr.read() if p.poll() is not None else base_url
@@ -115,7 +115,7 @@ def test_demo_with_the_embedded_model(tmp_path):
 
 def test_a_refused_key_is_exit_1_with_the_servers_message(tmp_path):
     out = tmp_path/'o.jsonl'
-    with LocalServer(varied_examples(4), model='m', api_key='right') as srv:
+    with SimulatedServer(varied_examples(4), model='m', api_key='right') as srv:
         env = {**os.environ, 'MY_KEY': 'wrong'}
         r = cli('create', '--preset', 'yesno_close', '--n', 10, '--base-url', srv.base_url, '--model', 'm', '--api-key-env', 'MY_KEY',
                 '--out', out, '--quiet', env=env)
@@ -132,7 +132,7 @@ def test_a_refused_key_is_exit_1_with_the_servers_message(tmp_path):
                                              ('--price-in', -1, 'price_in'), ('--stall-rounds', 0, 'stall_rounds'), ('--max-rounds', 0, 'max_rounds')])
 def test_impossible_values_are_refused_before_anything_runs(tmp_path, flag, value, name):
     out = tmp_path/'o.jsonl'
-    with LocalServer(varied_examples(4), model='m') as srv:
+    with SimulatedServer(varied_examples(4), model='m') as srv:
         r = cli('create', '--preset', 'yesno_close', '--n', 5, '--base-url', srv.base_url, '--model', 'm', '--out', out, '--quiet', flag, value)
         assert srv.count == 0
     assert r.returncode == 2 and 'Traceback' not in r.stderr and name in r.stderr.strip() and len(r.stderr.strip().splitlines()) == 1
@@ -141,7 +141,7 @@ def test_impossible_values_are_refused_before_anything_runs(tmp_path, flag, valu
 
 def test_generator_options_reach_the_requests(tmp_path):
     out = tmp_path/'o.jsonl'
-    with LocalServer(varied_examples(4), model='m') as srv:
+    with SimulatedServer(varied_examples(4), model='m') as srv:
         r = cli('create', '--preset', 'yesno_close', '--n', 10, '--base-url', srv.base_url, '--model', 'm', '--out', out, '--quiet',
                 '--top-p', 0.5, '--concurrency', 2, '--timeout', 5, '--price-in', 2, '--price-out', 2, '--budget-usd', 1)
         bodies = srv.requests
@@ -154,7 +154,7 @@ def test_generator_options_reach_the_requests(tmp_path):
 
 def test_an_unknown_also_format_is_refused_before_the_run(tmp_path):
     out = tmp_path/'o.jsonl'
-    with LocalServer(varied_examples(4), model='m') as srv:
+    with SimulatedServer(varied_examples(4), model='m') as srv:
         r = cli('create', '--preset', 'yesno_close', '--n', 5, '--base-url', srv.base_url, '--model', 'm', '--out', out, '--quiet',
                 '--also', tmp_path/'o.csv', tmp_path/'o.xlsx')
         assert srv.count == 0
@@ -164,7 +164,7 @@ def test_an_unknown_also_format_is_refused_before_the_run(tmp_path):
 def test_replies_from_the_cache_are_not_throughput(tmp_path):
     out = tmp_path/'o.jsonl'
     args = ('create', '--preset', 'yesno_close', '--n', 10, '--base-url', None, '--model', 'm', '--out', out, '--quiet')
-    with LocalServer(varied_examples(4), model='m') as srv:
+    with SimulatedServer(varied_examples(4), model='m') as srv:
         first = cli(*[a if a is not None else srv.base_url for a in args])
         for f in (out, tmp_path/'o.jsonl.state.json', tmp_path/'o.jsonl.rounds.jsonl'): f.unlink()   # the run deleted, its cache kept
         sent = srv.count
@@ -180,7 +180,7 @@ def test_demo_takes_the_lock_before_deleting_a_running_demos_files(tmp_path):
     from datacreator_nb.create import create
     from datacreator_nb.generate import Generator
     data = tmp_path/'data.jsonl'
-    with LocalServer(varied_examples(4)) as srv:
+    with SimulatedServer(varied_examples(4)) as srv:
         create(preset('yesno_close'), 6, generator=Generator(model='simulated', base_url=srv.base_url, api_key='x'), out=data, progress=False)
         before = data.read_bytes()
         with open(tmp_path/'data.jsonl.lock', 'w') as lock:   # a demo still running in this folder

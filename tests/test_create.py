@@ -10,7 +10,7 @@ from datacreator_nb.create import PROVENANCE, create, round_rng, state_path
 from datacreator_nb.generate import Generator, GenerationError
 from datacreator_nb.local_model import MODEL_ALIAS
 from datacreator_nb.sampling import get_strategy
-from datacreator_nb.server import LocalServer, json_objects, new_example, requested_count, varied_examples
+from datacreator_nb.server import SimulatedServer, json_objects, new_example, requested_count, varied_examples
 from datacreator_nb.task import LabelSpace, Task, TaskError, preset, read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +61,7 @@ def check_ids_and_parents(records, n):
 
 def test_naive_always_formats_with_the_task_example():
     task = preset('yesno_close')
-    with LocalServer(varied_examples(1)) as srv:
+    with SimulatedServer(varied_examples(1)) as srv:
         res = run(srv, 23, task, strategy='naive', per_request=5, parallel=2)
         shown = {json.dumps(json_objects(user_text(r))) for r in srv.requests}
     assert len(res.records) == 23 and res.stop_reason == 'target reached'
@@ -70,7 +70,7 @@ def test_naive_always_formats_with_the_task_example():
 
 
 def test_tree_levels_follow_per_request():
-    with LocalServer(deterministic) as srv:
+    with SimulatedServer(deterministic) as srv:
         res = run(srv, 2 + 4 + 8 + 16, strategy='tree', per_request=2, parallel=3)
     recs = res.records
     assert Counter(r['_meta']['depth'] for r in recs) == {1: 2, 2: 4, 3: 8, 4: 16}
@@ -92,7 +92,7 @@ def test_tree_levels_follow_per_request():
 def test_chain_strategies_pick_from_the_previous_round(name):
     "parallel=1: one chain; each round's seed is the record the strategy picks from the previous round's accepted ones."
     task = preset('yesno_close')
-    with LocalServer(varied_examples(3)) as srv:
+    with SimulatedServer(varied_examples(3)) as srv:
         res = run(srv, 30, task, strategy=name, per_request=5, parallel=1)
         shown = [json_objects(user_text(q))[0] for q in srv.requests]
     recs = res.records
@@ -116,7 +116,7 @@ def test_arrival_order_does_not_change_the_run(tmp_path, name):
     runs = []
     for fault_fn in (None, reversed_arrival):
         out = tmp_path/f'{name}-{fault_fn is None}.jsonl'
-        with LocalServer(pure, fault_fn=fault_fn) as srv:   # the same prompt gets the same answer: chains compete for it
+        with SimulatedServer(pure, fault_fn=fault_fn) as srv:   # the same prompt gets the same answer: chains compete for it
             res = run(srv, 40, strategy=name, per_request=5, parallel=4, out=out)
         runs.append((res.records, json.loads(state_path(out).read_text())['frontier']))
     assert runs[0] == runs[1]
@@ -126,20 +126,20 @@ def test_arrival_order_does_not_change_the_run(tmp_path, name):
 # ---------------------------------------------------------------- stop criteria
 
 def test_stops_at_target_with_exactly_n():
-    with LocalServer(deterministic) as srv:
+    with SimulatedServer(deterministic) as srv:
         res = run(srv, 7, strategy='random', per_request=5, parallel=3)
     assert (len(res.records), res.stop_reason, srv.count) == (7, 'target reached', 2)
     assert res.rounds['surplus'].tolist() == [3] and res.rounds['accepted'].tolist() == [7]
 
 
 def test_stops_at_max_rounds():
-    with LocalServer(deterministic) as srv:
+    with SimulatedServer(deterministic) as srv:
         res = run(srv, 1000, strategy='random', per_request=2, parallel=2, max_rounds=3)
     assert (len(res.records), res.stop_reason, len(res.rounds), srv.count) == (12, 'max_rounds', 3, 6)
 
 
 def test_stops_on_stall_when_replies_are_prose():
-    with LocalServer(lambda req: "I'm sorry, I cannot create examples today.") as srv:
+    with SimulatedServer(lambda req: "I'm sorry, I cannot create examples today.") as srv:
         res = run(srv, 10, strategy='tree', parallel=4, stall_rounds=3)
     assert (res.records, res.stop_reason, len(res.rounds), srv.count) == ([], 'stall', 3, 3)
     assert sum(res.rejections.values()) == 3 and res.acceptance == 0.0
@@ -149,7 +149,7 @@ PAPER_PRICE = {'price_in': 2.0, 'price_out': 2.0}   # gpt-3.5-turbo's $0.002 per
 
 
 def test_stops_when_budget_is_spent():
-    with LocalServer(deterministic) as srv:
+    with SimulatedServer(deterministic) as srv:
         res = run(srv, 1000, strategy='random', per_request=5, parallel=2, gen_kw={**PAPER_PRICE, 'max_tokens': 300, 'budget_usd': 0.005})
     assert res.stop_reason == 'budget' and 0 < len(res.records) < 1000 and srv.count == res.rounds['requests'].sum() - res.failures['budget']
     assert 0.004 < res.usd <= 0.005 and res.usd == pytest.approx(res.tokens * 0.002 / 1000)
@@ -158,7 +158,7 @@ def test_stops_when_budget_is_spent():
 # ---------------------------------------------------------------- faults during creation
 
 def test_faults_are_survived_without_losing_examples():
-    with LocalServer(deterministic, faults=['429:0.01', '500', 'drop', 'empty', 'truncate', 'prose']) as srv:
+    with SimulatedServer(deterministic, faults=['429:0.01', '500', 'drop', 'empty', 'truncate', 'prose']) as srv:
         g = gen(srv)
         res = create(preset('yesno_close'), 20, strategy='random', generator=g, per_request=5, parallel=2, progress=False)
     assert srv.served[:6] == ['429', '500', 'drop', 'empty', 'truncate', 'prose']
@@ -170,7 +170,7 @@ def test_faults_are_survived_without_losing_examples():
 
 def test_failed_requests_are_counted_and_accepted_examples_kept():
     "No retries: a 500 and a dropped connection are failures of their round; the other replies are kept."
-    with LocalServer(deterministic, faults=['500', 'drop']) as srv:
+    with SimulatedServer(deterministic, faults=['500', 'drop']) as srv:
         res = run(srv, 20, strategy='random', per_request=5, parallel=4, gen_kw={'max_retries': 0})
     assert res.failures == Counter({'request_failed:500': 1, 'request_failed:error': 1})
     assert res.rounds['failed'].tolist()[0] == 2 and res.rounds['accepted'].tolist()[0] == 10
@@ -218,11 +218,11 @@ def spy_keys(g):
 
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
     n, task = 200, preset('yesno_close')
-    with LocalServer(own_key_order) as ref_srv:   # the tree's prompts are all different: the same prompt gets the same answer
+    with SimulatedServer(own_key_order) as ref_srv:   # the tree's prompts are all different: the same prompt gets the same answer
         ref = run(ref_srv, n, task, strategy='tree', per_request=5, parallel=4)
     out, cache, script = tmp_path/'data.jsonl', tmp_path/'cache.sqlite', tmp_path/'child.py'
     script.write_text(CHILD)
-    with LocalServer(staggered) as srv:
+    with SimulatedServer(staggered) as srv:
         child = subprocess.Popen([sys.executable, str(script), srv.base_url, str(out), str(cache)], cwd=ROOT,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
@@ -253,7 +253,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
 
 def test_resume_cuts_a_torn_line_and_continues(tmp_path):
     out, task = tmp_path/'d.jsonl', preset('yesno_close')
-    with LocalServer(deterministic) as srv:
+    with SimulatedServer(deterministic) as srv:
         ref = run(srv, 40, task, strategy='tree', per_request=3, parallel=4)
         ASKED.clear()
         first = run(srv, 40, task, strategy='tree', per_request=3, parallel=4, out=out, max_rounds=3)
@@ -265,7 +265,7 @@ def test_resume_cuts_a_torn_line_and_continues(tmp_path):
 
 def test_second_create_with_same_out_sends_nothing(tmp_path):
     out = tmp_path/'d.jsonl'
-    with LocalServer(varied_examples(5)) as srv:
+    with SimulatedServer(varied_examples(5)) as srv:
         first = run(srv, 25, strategy='contrastive', out=out, parallel=3)
         sent = srv.count
         again = run(srv, 25, strategy='contrastive', out=out, parallel=3)
@@ -276,7 +276,7 @@ def test_second_create_with_same_out_sends_nothing(tmp_path):
 
 def test_out_in_a_folder_that_does_not_exist_yet(tmp_path):
     out = tmp_path/'new'/'deeper'/'d.jsonl'
-    with LocalServer(varied_examples(6)) as srv:
+    with SimulatedServer(varied_examples(6)) as srv:
         res = run(srv, 12, out=out)
     assert len(read_jsonl(out)) == 12 and res.path == out and state_path(out).exists()
 
@@ -286,7 +286,7 @@ def test_out_in_a_folder_that_does_not_exist_yet(tmp_path):
 @pytest.mark.parametrize('tt', ['mcqa_2', 'mcqa_5', 'yesno_open', 'yesno_close'])
 def test_every_task_type_end_to_end(tt):
     task = preset(tt)
-    with LocalServer(varied_examples(7)) as srv:
+    with SimulatedServer(varied_examples(7)) as srv:
         res = run(srv, 15, task, strategy='tree', per_request=5, parallel=4)
     assert len(res.records) == 15 and res.simulated
     check_ids_and_parents(res.records, 15)
@@ -308,7 +308,7 @@ def as_plain(rows):
 
 def test_save_round_trips(tmp_path):
     task = preset('mcqa_2')
-    with LocalServer(varied_examples(2)) as srv:
+    with SimulatedServer(varied_examples(2)) as srv:
         res = run(srv, 12, task, strategy='tree', per_request=4, parallel=2)
     recs = res.records
     assert read_jsonl(res.save(tmp_path/'a.jsonl')) == recs
@@ -321,7 +321,7 @@ def test_save_round_trips(tmp_path):
 
 def test_sync_create_inside_a_running_event_loop():
     async def main():
-        with LocalServer(deterministic) as srv:
+        with SimulatedServer(deterministic) as srv:
             return run(srv, 9, strategy='tree', per_request=3, parallel=2), srv.count
     res, sent = asyncio.run(main())
     assert (len(res.records), res.stop_reason, sent) == (9, 'target reached', 3)
@@ -331,7 +331,7 @@ def test_sync_create_inside_a_running_event_loop():
 
 def test_resume_with_other_settings_is_refused(tmp_path):
     out = tmp_path/'d.jsonl'
-    with LocalServer(varied_examples(7)) as srv:
+    with SimulatedServer(varied_examples(7)) as srv:
         run(srv, 10, strategy='tree', out=out)
         with pytest.raises(TaskError, match=r"other settings .*strategy 'tree' -> 'random'"):
             run(srv, 20, strategy='random', out=out)
@@ -341,7 +341,7 @@ def test_resume_with_other_settings_is_refused(tmp_path):
 
 def test_broken_state_file_is_named(tmp_path):
     out = tmp_path/'d.jsonl'
-    with LocalServer(varied_examples(8)) as srv:
+    with SimulatedServer(varied_examples(8)) as srv:
         run(srv, 10, out=out)
         state_path(out).write_text('{"round": 2,')
         with pytest.raises(TaskError, match=r"d\.jsonl\.state\.json:1: the loop's state file is not valid JSON"):
@@ -350,7 +350,7 @@ def test_broken_state_file_is_named(tmp_path):
 
 def test_state_file_of_another_shape_is_named(tmp_path):
     out = tmp_path/'d.jsonl'
-    with LocalServer(varied_examples(8)) as srv:
+    with SimulatedServer(varied_examples(8)) as srv:
         run(srv, 10, out=out)
         state = json.loads(state_path(out).read_text())
         state_path(out).write_text(json.dumps({**state, 'frontier': [{'example': {}, 'id': None, 'depth': 0}]}))
@@ -360,7 +360,7 @@ def test_state_file_of_another_shape_is_named(tmp_path):
 
 def test_state_of_another_run_is_refused(tmp_path):
     out = tmp_path/'d.jsonl'
-    with LocalServer(varied_examples(9)) as srv:
+    with SimulatedServer(varied_examples(9)) as srv:
         run(srv, 30, strategy='tree', out=out)
         out.write_text(''.join(l + '\n' for l in out.read_text().splitlines()[:3]))   # records cut behind the state's back
         with pytest.raises(TaskError, match='belong to different runs') as e:
@@ -370,14 +370,14 @@ def test_state_of_another_run_is_refused(tmp_path):
 
 @pytest.mark.parametrize('field,kw', [('n', {'n': 0}), ('per_request', {'per_request': 0}), ('parallel', {'parallel': 0})])
 def test_counts_below_one_are_refused(field, kw):
-    with LocalServer(varied_examples(1)) as srv:
+    with SimulatedServer(varied_examples(1)) as srv:
         with pytest.raises(TaskError, match=f"field '{field}': must be a whole number of at least 1"):
             run(srv, kw.pop('n', 5), **kw)
 
 
 def test_budget_counts_what_the_file_already_cost(tmp_path):
     out = tmp_path/'d.jsonl'
-    with LocalServer(deterministic) as srv:
+    with SimulatedServer(deterministic) as srv:
         first = run(srv, 10, strategy='random', parallel=2, out=out, gen_kw=PAPER_PRICE)
         sent = srv.count
         again = run(srv, 1000, strategy='random', parallel=2, out=out, gen_kw={**PAPER_PRICE, 'budget_usd': first.usd})
@@ -386,7 +386,7 @@ def test_budget_counts_what_the_file_already_cost(tmp_path):
 
 def test_a_second_run_on_the_same_file_is_refused(tmp_path):
     out = tmp_path/'d.jsonl'
-    with LocalServer(varied_examples(3), latency=0.3) as srv:
+    with SimulatedServer(varied_examples(3), latency=0.3) as srv:
         first = threading.Thread(target=run, args=(srv, 15), kwargs={'out': out})
         first.start()
         while not state_path(out).exists(): time.sleep(0.01)
@@ -410,7 +410,7 @@ def resume_changes():
 @pytest.mark.parametrize('name,first,second', resume_changes(), ids=[c[0] for c in resume_changes()])
 def test_resume_refuses_any_change_of_what_decides_the_replies(tmp_path, name, first, second):
     out = tmp_path/'d.jsonl'
-    with LocalServer(varied_examples(3), model='m') as srv, LocalServer(varied_examples(3), model='m') as other:
+    with SimulatedServer(varied_examples(3), model='m') as srv, SimulatedServer(varied_examples(3), model='m') as other:
         run(srv, 10, out=out, max_rounds=1, gen_kw={'model': 'm'})
         before, kw = out.read_bytes(), {**second}
         target, gen_kw = other if kw.pop('srv', None) else srv, {'model': 'm', **kw.pop('gen_kw', {})}
@@ -423,7 +423,7 @@ def test_resume_refuses_any_change_of_what_decides_the_replies(tmp_path, name, f
 def test_user_fields_named_like_provenance_survive():
     task = Task('own_ids', "Yes/no questions with the asker's own id, round and model fields.",
                 {'id': 'q-17', 'round': 'semi-final', 'model': 'a red car', 'question': 'Is a car a vehicle?', 'answer': True}, LabelSpace.yes_no())
-    with LocalServer(varied_examples(5)) as srv:
+    with SimulatedServer(varied_examples(5)) as srv:
         res = run(srv, 12, task, strategy='tree', per_request=4)
     for r in res.records:
         assert isinstance(r['id'], str) and isinstance(r['round'], str) and r['model'] != 'simulated'
@@ -435,10 +435,10 @@ def test_user_fields_named_like_provenance_survive():
 def test_a_fatal_error_stops_at_once_then_the_same_call_resumes_without_paying_twice(tmp_path):
     "A 401 in round 2: GenerationError with the server's message, nothing more sent; fixed, the round is replayed from the cache."
     out, cache, task = tmp_path/'d.jsonl', tmp_path/'c.sqlite', preset('yesno_close')
-    with LocalServer(own_key_order) as ref_srv: ref = run(ref_srv, 60, task, strategy='tree', per_request=5, parallel=4)
+    with SimulatedServer(own_key_order) as ref_srv: ref = run(ref_srv, 60, task, strategy='tree', per_request=5, parallel=4)
     bad = {'on': True}
     def key_revoked(req, index): return '401' if bad['on'] and index == 3 else None   # round 0: 1 request, round 1: 4 requests
-    with LocalServer(own_key_order, fault_fn=key_revoked) as srv:
+    with SimulatedServer(own_key_order, fault_fn=key_revoked) as srv:
         with pytest.raises(GenerationError, match='HTTP 401') as e:
             run(srv, 60, task, strategy='tree', per_request=5, parallel=4, out=out, gen_kw={'cache': cache, 'max_retries': 0})
         assert e.value.status == 401 and srv.count == 5 and len(read_jsonl(out)) == 5
@@ -451,7 +451,7 @@ def test_a_fatal_error_stops_at_once_then_the_same_call_resumes_without_paying_t
 
 def test_a_stall_is_not_final(tmp_path):
     out = tmp_path/'d.jsonl'
-    with LocalServer(lambda req: "Sorry, I cannot.") as srv:
+    with SimulatedServer(lambda req: "Sorry, I cannot.") as srv:
         assert run(srv, 10, out=out, stall_rounds=2).stop_reason == 'stall'
         sent = srv.count
         assert run(srv, 10, out=out, stall_rounds=2).stop_reason == 'stall' and srv.count == 2 * sent
@@ -459,7 +459,7 @@ def test_a_stall_is_not_final(tmp_path):
 
 @pytest.mark.parametrize('option', ['max_rounds', 'stall_rounds'])
 def test_limits_below_one_are_refused(option):
-    with LocalServer(varied_examples(1)) as srv:
+    with SimulatedServer(varied_examples(1)) as srv:
         with pytest.raises(TaskError, match=f"field '{option}': must be a whole number of at least 1, got 0"):
             run(srv, 5, **{option: 0})
         assert srv.count == 0
@@ -469,7 +469,7 @@ def test_a_users_file_is_refused_and_left_untouched(tmp_path):
     out = tmp_path/'mine.jsonl'
     out.write_bytes(b'{"question": "Is ice cold?", "answer": true}\n{"question": "Is fire co')   # no trailing newline
     before = out.read_bytes()
-    with LocalServer(varied_examples(1)) as srv:
+    with SimulatedServer(varied_examples(1)) as srv:
         with pytest.raises(TaskError, match='no state file mine.jsonl.state.json beside it'):
             run(srv, 5, out=out)
         assert srv.count == 0
@@ -477,7 +477,7 @@ def test_a_users_file_is_refused_and_left_untouched(tmp_path):
 
 
 def test_outputs_differing_after_a_dot_have_their_own_side_files(tmp_path):
-    with LocalServer(varied_examples(2)) as srv:
+    with SimulatedServer(varied_examples(2)) as srv:
         a = run(srv, 10, out=tmp_path/'v1.5', strategy='tree')
         b = run(srv, 12, out=tmp_path/'v1.6', strategy='random')
     assert (len(a.records), len(b.records)) == (10, 12)
@@ -486,7 +486,7 @@ def test_outputs_differing_after_a_dot_have_their_own_side_files(tmp_path):
 
 def test_rounds_are_appended_not_rewritten(tmp_path):
     out = tmp_path/'d.jsonl'
-    with LocalServer(deterministic) as srv:
+    with SimulatedServer(deterministic) as srv:
         res = run(srv, 40, out=out, strategy='random', per_request=2, parallel=2)
     lines = (tmp_path/'d.jsonl.rounds.jsonl').read_text().splitlines()
     assert [json.loads(l)['round'] for l in lines] == list(range(len(res.rounds))) and len(lines) == 10
@@ -495,7 +495,7 @@ def test_rounds_are_appended_not_rewritten(tmp_path):
 
 def test_restart_replays_from_the_cache_and_counts_nothing_as_fresh(tmp_path):
     out, cache = tmp_path/'d.jsonl', tmp_path/'c.sqlite'
-    with LocalServer(varied_examples(4)) as srv:
+    with SimulatedServer(varied_examples(4)) as srv:
         first = run(srv, 20, out=out, gen_kw={'cache': cache})
         sent = srv.count
         again = run(srv, 20, out=out, gen_kw={'cache': cache}, restart=True)
@@ -507,7 +507,7 @@ def test_restart_replays_from_the_cache_and_counts_nothing_as_fresh(tmp_path):
 def test_interrupting_create_in_a_running_event_loop_cancels_the_run(tmp_path):
     "As in Jupyter: `create` called inside a running loop, then SIGINT to the main thread: no request after it, finished rounds kept."
     out = tmp_path/'d.jsonl'
-    with LocalServer(varied_examples(6), latency=0.2) as srv:
+    with SimulatedServer(varied_examples(6), latency=0.2) as srv:
         async def cell(): return run(srv, 1000, out=out, strategy='random', per_request=2, parallel=2)
         threading.Timer(1.0, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT)).start()
         loop = asyncio.new_event_loop()   # run_until_complete, like ipykernel: no SIGINT handler of asyncio's own
@@ -525,6 +525,6 @@ def test_interrupting_create_in_a_running_event_loop_cancels_the_run(tmp_path):
 def test_the_embedded_model_is_one_endpoint_whatever_its_port(tmp_path):
     "The servers this tool starts get a free port each run: a resume against the same model on another port goes on."
     out = tmp_path/'d.jsonl'
-    with LocalServer(varied_examples(3), model=MODEL_ALIAS) as first: run(first, 10, out=out, gen_kw={'model': MODEL_ALIAS})
-    with LocalServer(varied_examples(3), model=MODEL_ALIAS) as second: res = run(second, 15, out=out, gen_kw={'model': MODEL_ALIAS})
+    with SimulatedServer(varied_examples(3), model=MODEL_ALIAS) as first: run(first, 10, out=out, gen_kw={'model': MODEL_ALIAS})
+    with SimulatedServer(varied_examples(3), model=MODEL_ALIAS) as second: res = run(second, 15, out=out, gen_kw={'model': MODEL_ALIAS})
     assert first.port != second.port and len(res.records) == 15

@@ -13,7 +13,7 @@ from datacreator_nb.curate import (Heuristics, instruction_grams, echo_share, me
 from datacreator_nb.evaluate import DownstreamModel, separable_records
 from datacreator_nb.generate import Generator
 from datacreator_nb.prompt import messages
-from datacreator_nb.server import LocalServer
+from datacreator_nb.server import SimulatedServer
 from datacreator_nb.task import TaskError, preset
 
 YN, MC = preset('yesno_close'), preset('mcqa_5')
@@ -115,7 +115,7 @@ def scripted_judge(request):
 
 def test_judge_scores_flags_and_keeps_scores_on_the_record():
     recs = [yn("Can you create a JSON array?", False), yn("Is the Nile in Africa?"), yn("Is garble a word?")]
-    with LocalServer(scripted_judge) as srv:
+    with SimulatedServer(scripted_judge) as srv:
         g = gen(srv); out = run(ajudge(YN, recs, g, threshold=3), g)
     assert [flags(r) for r in out] == [['judge_low_score', 'judge_label_wrong'], [], []]
     assert [curation(r).get('score') for r in out] == [1.0, 5.0, None]
@@ -126,7 +126,7 @@ def test_judge_scores_flags_and_keeps_scores_on_the_record():
 
 
 def test_a_failed_judge_request_is_a_note_not_a_pass():
-    with LocalServer(scripted_judge, faults=['400']) as srv:
+    with SimulatedServer(scripted_judge, faults=['400']) as srv:
         g = gen(srv); out = run(ajudge(YN, [yn("Is the Nile in Africa?")], g), g)
     cur = curation(out[0])
     assert cur['notes'] == ['judge_failed'] and 'HTTP 400' in cur['judge_error'] and 'score' not in cur
@@ -144,7 +144,7 @@ def option_picker(word):
 
 def test_self_consistency_maps_shuffled_answers_back_and_never_shows_the_label():
     recs = [mc("Where is money kept?", 'bank'), mc("Where is money kept safely?", 'zoo')]
-    with LocalServer(option_picker('bank')) as srv:
+    with SimulatedServer(option_picker('bank')) as srv:
         g = gen(srv); out = run(aself_consistency(MC, recs, g, k=4), g)
     assert [curation(r)['votes'] for r in out] == [['bank'] * 4] * 2
     assert [curation(r)['confidence'] for r in out] == [1.0, 0.0]
@@ -159,7 +159,7 @@ def test_self_consistency_maps_shuffled_answers_back_and_never_shows_the_label()
 
 def test_self_consistency_policies_relabel_and_weight():
     recs = [mc("Where is money kept?", 'zoo')]
-    with LocalServer(option_picker('bank')) as srv:
+    with SimulatedServer(option_picker('bank')) as srv:
         g = gen(srv)
         relabeled = run(aself_consistency(MC, recs, g, k=3, policy='relabel'), g)
         weighted = run(aself_consistency(MC, recs, g, k=3, policy='weight'), g)
@@ -235,7 +235,7 @@ def scripted_both(request):
 
 def test_curate_records_judges_only_what_the_heuristics_kept():
     recs = [yn("What is cloud computing?"), yn("Is Paris in France?"), yn("Is the Moon larger than the Earth?")]
-    with LocalServer(scripted_both) as srv:
+    with SimulatedServer(scripted_both) as srv:
         res = curate_records(YN, recs, judge=gen(srv), k=3)
     assert [flags(r) for r in res.records] == [['wh_question'], [], ['label_disagrees']]
     assert srv.count == 2 + 2 * 3   # the dropped wh-question never reached the judge
@@ -273,7 +273,7 @@ def cli(argv):
 
 def test_curate_command_with_a_judge_endpoint(tmp_path, capsys):
     write_records(tmp_path/'in.jsonl', [yn("What is cloud computing?"), yn("Is Paris in France?"), yn("Is the Moon larger than the Earth?")])
-    with LocalServer(scripted_both) as srv:
+    with SimulatedServer(scripted_both) as srv:
         assert cli(['curate', str(tmp_path/'in.jsonl'), str(tmp_path/'out.csv'), '--judge-base-url', srv.base_url,
                     '--judge-model', 'simulated', '--k', '3']) == 0
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from datacreator_nb.generate import BudgetExceeded, Completion, Failure, Generator, GenerationError
-from datacreator_nb.server import LocalServer, varied_examples
+from datacreator_nb.server import SimulatedServer, varied_examples
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = 'sk-test-SECRET-0123456789abcdef'
@@ -23,7 +23,7 @@ class Waits:
 
 @pytest.fixture
 def srv():
-    with LocalServer(echo) as s: yield s
+    with SimulatedServer(echo) as s: yield s
 
 
 def gen(srv, **kw):
@@ -95,7 +95,7 @@ def test_client_errors_not_retried(srv, status, error):
 
 
 def test_wrong_key_reported_without_the_key():
-    with LocalServer(echo, api_key='sk-right') as s:
+    with SimulatedServer(echo, api_key='sk-right') as s:
         (f,) = run(gen(s).complete_many([msgs()]))
         assert (f.status, f.retries, f.fatal, s.count) == (401, 0, True, 1)
         assert f.reason == f"HTTP 401: Incorrect API key provided. (model 'simulated' at {s.base_url}; not retried)" and KEY not in f.reason
@@ -129,7 +129,7 @@ def test_cache_second_run_sends_nothing(srv, tmp_path):
 
 
 def test_identical_requests_get_different_answers(tmp_path):
-    with LocalServer(varied_examples(seed=3)) as s:
+    with SimulatedServer(varied_examples(seed=3)) as s:
         ex = json.dumps({'question': 'Q?', 'options': ['True', 'False'], 'answer': True})
         res = run(gen(s, cache=tmp_path/'c.sqlite').complete_many([msgs(f'{ex}\nCreate 2 new examples.')] * 3))
         assert s.count == 3 and len({r.text for r in res}) == 3
@@ -139,7 +139,7 @@ def test_identical_requests_get_different_answers(tmp_path):
 def test_cache_never_answers_from_another_endpoint(tmp_path):
     "Issue 11.1: the same cache file, model and batch against another server sends every request there."
     batch = [msgs(f'q{i}') for i in range(3)]
-    with LocalServer(echo) as a, LocalServer(lambda req: 'from b') as b:
+    with SimulatedServer(echo) as a, SimulatedServer(lambda req: 'from b') as b:
         run(gen(a, cache=tmp_path/'c.sqlite').complete_many(batch))
         res = run(gen(b, cache=tmp_path/'c.sqlite').complete_many(batch))
         assert (a.count, b.count) == (3, 3) and [r.text for r in res] == ['from b'] * 3 and not any(r.cached for r in res)
@@ -210,7 +210,7 @@ def cached_texts(path):
 def test_crash_resume_rerequests_only_unfinished(tmp_path):
     script, cache = tmp_path/'make.py', tmp_path/'c.sqlite'
     script.write_text(SCRIPT)
-    with LocalServer(lambda req: req['messages'][-1]['content'], latency=0.2) as s:
+    with SimulatedServer(lambda req: req['messages'][-1]['content'], latency=0.2) as s:
         cmd = [sys.executable, str(script), s.base_url, str(cache)]
         p = subprocess.Popen(cmd, cwd=ROOT)
         deadline = time.monotonic() + 20
@@ -243,7 +243,7 @@ def test_prices_come_from_genai_prices(srv):
 
 
 def test_paper_price_gives_paper_cost():
-    with LocalServer(lambda req: 'word ' * 400, model='gpt-3.5-turbo') as s:  # 500 completion tokens
+    with SimulatedServer(lambda req: 'word ' * 400, model='gpt-3.5-turbo') as s:  # 500 completion tokens
         c = run(complete_closing(gen(s, model='gpt-3.5-turbo', **PAPER), msgs()))
     assert c.cost_usd == pytest.approx((c.prompt_tokens + c.completion_tokens) * 0.002 / 1000) and c.completion_tokens == 500
 
@@ -266,7 +266,7 @@ def test_missing_usage_is_estimated_and_said(srv):
 
 def test_budget_never_passed_with_64_in_flight():
     "Reservation: 200 requests, 64 in flight; the spend stays within the budget, and stops only when no request fits."
-    with LocalServer(lambda req: 'word ' * 40, latency=0.05) as s:  # 50 completion tokens, as max_tokens allows
+    with SimulatedServer(lambda req: 'word ' * 40, latency=0.05) as s:  # 50 completion tokens, as max_tokens allows
         g = gen(s, concurrency=64, max_tokens=50, budget_usd=1.0, price_in=1000.0, price_out=1000.0)
         res = run(g.complete_many([msgs(str(i)) for i in range(200)]))
     worst = g.worst_case(msgs('0'))
@@ -395,7 +395,7 @@ class InFlight:
 
 def test_adaptive_limit_backs_off_when_latency_grows_with_load():
     r = InFlight()
-    with LocalServer(r, latency=0.02, load_latency=0.005) as s:
+    with SimulatedServer(r, latency=0.02, load_latency=0.005) as s:
         r.server = s
         run(gen(s, concurrency=64).complete_many([msgs(str(i)) for i in range(192)]))
         fixed, r.seen = max(r.seen), []
@@ -407,7 +407,7 @@ def test_adaptive_limit_backs_off_when_latency_grows_with_load():
 
 def test_adaptive_limit_halves_on_429():
     r = InFlight()
-    with LocalServer(r) as s:
+    with SimulatedServer(r) as s:
         r.server = s
         s.fault_fn = lambda req, i: '429:0' if s.in_flight >= 8 else None  # a server that takes 8 at a time
         fixed = gen(s, concurrency=64, max_retries=100, sleep=Waits())

@@ -6,7 +6,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from datacreator_nb.server import FAULTS, Fault, LocalServer, varied_examples
+from datacreator_nb.server import FAULTS, Fault, SimulatedServer, varied_examples
 
 echo = lambda req: f"echo: {req['messages'][-1]['content']}"
 
@@ -36,14 +36,14 @@ CHAT = json.dumps({'model': 'm', 'messages': [{'role': 'user', 'content': 'hi'}]
 
 
 def test_quota_is_a_429_with_its_own_code_and_no_retry_after():
-    with LocalServer(echo, faults=['quota']) as srv:
+    with SimulatedServer(echo, faults=['quota']) as srv:
         with pytest.raises(openai.RateLimitError) as e: ask(client(srv))
     assert e.value.code == 'insufficient_quota' and e.value.body['type'] == 'insufficient_quota'
     assert 'retry-after' not in e.value.response.headers and 'quota' in e.value.message
 
 
 def test_throttle_is_a_429_without_retry_after_and_429_has_one():
-    with LocalServer(echo, faults=['throttle', '429:3']) as srv:
+    with SimulatedServer(echo, faults=['throttle', '429:3']) as srv:
         c = client(srv)
         errors = []
         for _ in range(2):
@@ -53,7 +53,7 @@ def test_throttle_is_a_429_without_retry_after_and_429_has_one():
 
 
 def test_html_and_error_object_come_with_status_200():
-    with LocalServer(echo, faults=['html', 'error200']) as srv:
+    with SimulatedServer(echo, faults=['html', 'error200']) as srv:
         c = client(srv)
         html, err = (c.chat.completions.with_raw_response.create(model='m', messages=[{'role': 'user', 'content': 'x'}]) for _ in range(2))
         assert (html.status_code, html.headers['content-type'].split(';')[0], html.text.lstrip()[:6]) == (200, 'text/html', '<html>')
@@ -63,7 +63,7 @@ def test_html_and_error_object_come_with_status_200():
 
 def test_fault_rate_is_reproducible_from_its_seed_and_near_its_rate():
     def served(seed, rate=0.2, n=200):
-        with LocalServer(echo, fault_rate=rate, fault_mix=['500', 'throttle'], seed=seed) as srv:
+        with SimulatedServer(echo, fault_rate=rate, fault_mix=['500', 'throttle'], seed=seed) as srv:
             c = client(srv)
             for i in range(n):
                 try: ask(c, str(i))
@@ -76,7 +76,7 @@ def test_fault_rate_is_reproducible_from_its_seed_and_near_its_rate():
 
 
 def test_queued_faults_come_first_and_the_rate_adds_to_them():
-    with LocalServer(echo, faults=['500'], fault_rate=1.0, fault_mix=['throttle']) as srv:
+    with SimulatedServer(echo, faults=['500'], fault_rate=1.0, fault_mix=['throttle']) as srv:
         c = client(srv)
         for _ in range(2):
             with pytest.raises(openai.APIStatusError): ask(c)
@@ -87,7 +87,7 @@ def test_queued_faults_come_first_and_the_rate_adds_to_them():
                                     ({'fault_rate': 0.1, 'fault_mix': []}, 'non-empty fault_mix'),
                                     ({'fault_rate': 0.1, 'fault_mix': ['teapot']}, "unknown fault 'teapot'")])
 def test_bad_fault_settings_are_refused(kw, msg):
-    with pytest.raises(ValueError, match=msg): LocalServer(echo, **kw)
+    with pytest.raises(ValueError, match=msg): SimulatedServer(echo, **kw)
 
 
 def test_every_named_fault_is_accepted():
@@ -96,7 +96,7 @@ def test_every_named_fault_is_accepted():
 
 def timed_batch(n, **kw) -> float:
     "Seconds for `n` requests sent together."
-    with LocalServer(echo, **kw) as srv, ThreadPoolExecutor(n) as pool:
+    with SimulatedServer(echo, **kw) as srv, ThreadPoolExecutor(n) as pool:
         c = client(srv)
         t0 = time.perf_counter()
         list(pool.map(lambda i: ask(c, str(i)), range(n)))
@@ -113,46 +113,46 @@ def test_latency_counts_from_arrival_not_after_the_responders_work():
         import asyncio
         await asyncio.sleep(0.3)
         return 'done'
-    with LocalServer(busy, latency=0.4) as srv:
+    with SimulatedServer(busy, latency=0.4) as srv:
         t0 = time.perf_counter(); ask(client(srv)); took = time.perf_counter() - t0
     assert 0.35 < took < 0.65
 
 
 def test_drop_closes_the_connection_without_a_byte():
-    with LocalServer(echo, faults=['drop']) as srv:
+    with SimulatedServer(echo, faults=['drop']) as srv:
         assert raw(srv, post(CHAT)) == b''
         srv.inject('drop')
         with pytest.raises(openai.APIConnectionError): ask(client(srv))
 
 
 def test_keep_alive_two_answers_on_one_connection():
-    with LocalServer(echo) as srv:
+    with SimulatedServer(echo) as srv:
         got = raw(srv, post(CHAT) + post(CHAT), wait=1.0)
     assert got.count(b'HTTP/1.1 200') == 2 and srv.count == 2
 
 
 def test_unknown_route_is_a_json_404_and_a_trailing_slash_is_fine():
-    with LocalServer(echo) as srv:
+    with SimulatedServer(echo) as srv:
         got = raw(srv, b'GET /v1/engines HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n')
         assert got.startswith(b'HTTP/1.1 404') and b'no route GET /v1/engines' in got
         assert b'"simulated"' in raw(srv, b'GET /v1/models/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n')
 
 
 def test_a_body_that_is_not_json_is_a_400_and_not_recorded():
-    with LocalServer(echo) as srv:
+    with SimulatedServer(echo) as srv:
         got = raw(srv, post(b'{oops').replace(b'Host: x', b'Host: x\r\nConnection: close'))
         assert got.startswith(b'HTTP/1.1 400') and b'not JSON' in got and srv.count == 0
 
 
 def test_a_wrong_key_is_401_and_the_key_is_never_recorded():
-    with LocalServer(echo, api_key='sk-right') as srv:
+    with SimulatedServer(echo, api_key='sk-right') as srv:
         with pytest.raises(openai.AuthenticationError): ask(OpenAI(base_url=srv.base_url, api_key='sk-wrong', max_retries=0))
         assert ask(OpenAI(base_url=srv.base_url, api_key='sk-right', max_retries=0)).choices[0].message.content == 'echo: hi'
         assert 'sk-right' not in json.dumps(srv.requests)
 
 
 def test_stop_does_not_wait_for_a_slow_answer():
-    srv = LocalServer(echo, faults=['slow:10']).start()
+    srv = SimulatedServer(echo, faults=['slow:10']).start()
     errors = []
     t = threading.Thread(target=lambda: errors.append(pytest.raises(openai.APIConnectionError, ask, client(srv, timeout=20))))
     t.start(); time.sleep(0.3)
@@ -162,7 +162,7 @@ def test_stop_does_not_wait_for_a_slow_answer():
 
 
 def test_the_server_says_it_is_simulated():
-    with LocalServer(varied_examples(1), fault_rate=0.1) as srv:
+    with SimulatedServer(varied_examples(1), fault_rate=0.1) as srv:
         md = srv._repr_markdown_()
         assert 'simulated' in md and '10% of requests fail at random' in md
         assert [m.id for m in client(srv).models.list()] == ['simulated'] and ask(client(srv), 'Create 2').model == 'simulated'

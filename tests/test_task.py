@@ -5,7 +5,7 @@ import pytest
 
 from datacreator_nb.generate import Generator
 from datacreator_nb.prompt import messages
-from datacreator_nb.server import LocalServer, varied_examples
+from datacreator_nb.server import SimulatedServer, varied_examples
 from datacreator_nb.task import LabelSpace, Task, TaskError, load_task, preset
 
 
@@ -35,7 +35,7 @@ def test_resume_prompt_hits_the_request_cache(tmp_path):
         g = Generator('simulated', base_url=srv.base_url, api_key='sk-x', cache=tmp_path/'cache.sqlite')
         try: return await g.complete(messages(task, [ex], n=2)), g.stats
         finally: await g.aclose()
-    with LocalServer(varied_examples(seed=1)) as srv:
+    with SimulatedServer(varied_examples(seed=1)) as srv:
         first, _ = asyncio.run(ask(as_written))
         again, stats = asyncio.run(ask(re_read))
         assert srv.count == 1 and stats.cache_hits == 1

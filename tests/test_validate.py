@@ -237,13 +237,13 @@ def test_lone_surrogate_rejected_through_http(tmp_path, escaped):
     import asyncio
     from datacreator_nb.create import jsonl_text
     from datacreator_nb.generate import Generator
-    from datacreator_nb.server import LocalServer
+    from datacreator_nb.server import SimulatedServer
     reply = lines(YC[0], {**YC[1], 'Question': 'Is @ half an emoji?'}).replace('@', '\\ud83d' if escaped else '\ud83d')
     async def ask():
         g = Generator('simulated', base_url=srv.base_url, api_key='sk-x')
         try: return await g.complete([{'role': 'user', 'content': 'Create 2 new examples.'}])
         finally: await g.aclose()
-    with LocalServer(lambda req: reply) as srv: text = asyncio.run(ask()).text
+    with SimulatedServer(lambda req: reply) as srv: text = asyncio.run(ask()).text
     task = preset('yesno_close')
     v = Validator(task)
     verdict = v.validate(text)
