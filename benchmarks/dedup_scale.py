@@ -5,7 +5,7 @@ punctuation changed), so the run also reports recall and precision on them. Last
 """
 import json, math, random, resource, time
 
-from datacreator_nb.validate import DedupIndex
+from datacreator_nb.near_duplicates import DedupIndex
 
 FUNCTION = "the a of to in on for with is are was what which why how where when do does would can you your".split()
 SYL = "ba be bi bo bu ka ke ki ko ku la le li lo lu ma me mi mo mu na ne ni no nu ra re ri ro ru sa se si so su ta te ti to tu".split()

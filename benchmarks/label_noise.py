@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from datacreator_nb.curate import ajudge, aself_consistency, confident_learning, curation, run_sync, sample_weights
+from datacreator_nb.create import run_on_worker
+from datacreator_nb.curate import ajudge, aself_consistency, confident_learning, curation, sample_weights
 from datacreator_nb.embed import HashingEmbedder
 from datacreator_nb.evaluate import DownstreamModel
 from datacreator_nb.generate import Generator
@@ -69,7 +70,7 @@ def judge_detectors(task, noisy, flipped, judge, n_items, k, seed, share):
     async def go():
         try: return await ajudge(task, sample, judge), await aself_consistency(task, sample, judge, k, policy='drop', seed=seed)
         finally: await judge.aclose()   # its HTTP client belongs to this event loop
-    judged, voted = run_sync(go())
+    judged, voted = run_on_worker(go())
     jc = [curation(r) for r in judged]
     sus = [(0.5 if c.get('label_correct') is None else float(not c['label_correct'])) + (5 - c.get('score', 3)) / 10 for c in jc]
     rows = [scores('judge label check', ['judge_label_wrong' in c['flags'] for c in jc], sus, sub, len(sample)),

@@ -93,14 +93,14 @@ def simulated_server(latency: float):
 
 def measure_overhead_share(n_examples: int = 2000, latency: float = 0.1, strategies=('tree', 'contrastive')) -> list[dict]:
     "Share of wall time spent outside LLM calls in an `n_examples` run against the simulated server, per strategy."
-    from datacreator_nb.create import create
+    from datacreator_nb.create import create, side_file
     from datacreator_nb.generate import Generator
     from datacreator_nb.task import preset
     rows = []
     with simulated_server(latency) as base_url, tempfile.TemporaryDirectory() as tmp:
         for name in strategies:
             out = Path(tmp)/f'{name}.jsonl'
-            gen = Generator(model='simulated', base_url=base_url, api_key='not-needed', concurrency=8, cache=out.with_suffix('.cache.sqlite'))
+            gen = Generator(model='simulated', base_url=base_url, api_key='not-needed', concurrency=8, cache=side_file(out, '.cache.sqlite'))
             t = time.perf_counter()
             res = create(preset('yesno_close'), n_examples, strategy=name, generator=gen, out=out, per_request=5, parallel=8, progress=False)
             wall = time.perf_counter() - t

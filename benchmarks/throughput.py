@@ -9,9 +9,12 @@ The 1-minute load average is printed first: other processes on the machine lower
 For reference (NOT the product path), a minimal HTTP/1.1 client written on asyncio streams sends the same
 requests at concurrency 64 to the same server: the gap between its ratio and the Generator's is what the
 client stack (openai SDK + transport + retries) costs, since the server and the latency are the same.
-Last line: {"ratio_at_64": ..., "overhead_ms": ...}
+Adaptive concurrency (`Generator(adaptive=True)`): 512 requests to a simulated server whose latency grows with the
+requests in flight (50 ms + 5 ms per other request, `load_latency`), and to one with a fixed 200 ms, at a fixed 8
+and 64 in flight and adaptively up to 64: req/s, mean latency, retries and the limit it ends at.
+Last line: {"ratio_at_64": ..., "overhead_ms": ..., "bare_ratio_at_64": ..., "adaptive_latency_cut": ...}
 """
-import asyncio, json, os, subprocess, sys, time
+import asyncio, json, os, statistics, subprocess, sys, time
 
 from openai import DefaultAioHttpClient
 
@@ -26,9 +29,13 @@ def messages(i):
             {'role': 'user', 'content': f'Here is the example:\n{json.dumps(EXAMPLE)}\n\nCreate 3 new examples ({i}).'}]
 
 
-def start_server(latency):
+ADAPTIVE_N, ADAPTIVE_SETTINGS = 512, ({'concurrency': 8}, {'concurrency': 64}, {'concurrency': 64, 'adaptive': True})
+
+
+def start_server(latency, load_latency=0.0):
     "A `serve_simulated` child process and its base_url."
-    p = subprocess.Popen([sys.executable, '-c', f'from datacreator_nb.server import serve_simulated; serve_simulated(latency={latency})'],
+    code = f'from datacreator_nb.server import serve_simulated; serve_simulated(latency={latency}, load_latency={load_latency})'
+    p = subprocess.Popen([sys.executable, '-c', code],
                          stdout=subprocess.PIPE, text=True)
     url = p.stdout.readline().strip()
     print(f'server {url}: {p.stdout.readline().strip()}')
@@ -80,6 +87,30 @@ async def overhead_ms(url):
         return await timed(gen, OVERHEAD_N) / OVERHEAD_N * 1000
 
 
+async def adaptive_row(url, **settings):
+    "ADAPTIVE_N requests through a Generator with `settings`: req/s, mean latency, retries, the limit it ends at."
+    async with Generator('simulated', base_url=url, cache=None, max_retries=100, backoff=0.01, **settings) as gen:
+        t0 = time.perf_counter()
+        res = await gen.complete_many([messages(i) for i in range(ADAPTIVE_N)])
+        rate = ADAPTIVE_N / (time.perf_counter() - t0)
+        return {'settings': ', '.join(f'{k} {v}' for k, v in settings.items()), 'req/s': round(rate, 1),
+                'mean latency s': round(statistics.mean(r.seconds for r in res if r.ok), 3), 'retries': gen.stats.retries, 'final limit': gen.limit}
+
+
+def adaptive_table(procs) -> float:
+    "Print adaptive against fixed concurrency on a server slowing with load and on a fixed-latency one; the latency adaptive saves under load."
+    servers = [(name, per, start_server(lat, per)) for name, lat, per in (('50 ms + 5 ms per request in flight', 0.05, 0.005), ('200 ms whatever the load', LATENCY, 0.0))]
+    procs.extend(p for _, _, (p, _) in servers)
+    print('\n| server | settings | req/s | mean latency s | retries | final limit |\n|---|---|---|---|---|---|')
+    latency = {}
+    for name, per, (_, url) in servers:
+        for kw in ADAPTIVE_SETTINGS[1:] if not per else ADAPTIVE_SETTINGS:
+            row = asyncio.run(adaptive_row(url, **kw))
+            latency[(per, row['settings'])] = row['mean latency s']
+            print(f"| {name} | {' | '.join(map(str, row.values()))} |", flush=True)
+    return round(1 - latency[(0.005, 'concurrency 64, adaptive True')] / latency[(0.005, 'concurrency 64')], 3)
+
+
 def main():
     print('simulated OpenAI-compatible server (datacreator_nb.server, NOT a model), cache disabled')
     print(f'HTTP transport: {"aiohttp" if isinstance(http_client(60.0, 1), DefaultAioHttpClient) else "httpx2"}; '
@@ -94,14 +125,16 @@ def main():
             ideal = c / LATENCY
             rows.append((c, rate / ideal))
             print(f'| {c} | {c * ROUNDS} | {rate:.1f} | {ideal:.0f} | {rate / ideal:.3f} | {cpu_ms:.2f} |', flush=True)
+        bare = asyncio.run(bare_ratio(url, 64))
         print(f'\nreference, not the product path: a minimal asyncio-streams client at concurrency 64 reaches '
-              f'{asyncio.run(bare_ratio(url, 64)):.3f} of ideal against the same server')
+              f'{bare:.3f} of ideal against the same server')
         p0, url0 = start_server(0.0); procs.append(p0)
         ms = asyncio.run(overhead_ms(url0))
         print(f'\nround trip per request with latency 0, one at a time (client + local server): {ms:.2f} ms')
+        cut = adaptive_table(procs)
     finally:
         for p in procs: p.terminate(); p.wait()
-    print(json.dumps({'ratio_at_64': round(dict(rows)[64], 4), 'overhead_ms': round(ms, 3)}))
+    print(json.dumps({'ratio_at_64': round(dict(rows)[64], 4), 'overhead_ms': round(ms, 3), 'bare_ratio_at_64': round(bare, 4), 'adaptive_latency_cut': cut}))
 
 
 if __name__ == '__main__':

@@ -8,13 +8,17 @@ import functools, json, math, random, re
 from collections import Counter
 
 import pandas as pd
+from fastcore.basics import patch
 
 from .task import Attribute, Task, TaskError
-from .validate import decode_at
+from .local_model import adapt_response_format
+from .near_duplicates import DedupIndex
+from .validate import decode_at, normal_text, words
 
 # %% auto #0
 __all__ = ['MODES', 'attribute_values', 'sample_conditions', 'proposal_messages', 'clean_values', 'parse_values', 'values_format',
-           'propose_values', 'propose_missing', 'target_labels', 'label_targets', 'label_of', 'label_report']
+           'propose_values', 'field_values', 'phrase_values', 'propose_missing', 'target_labels', 'label_targets',
+           'label_of', 'label_report', 'attribute_spec', 'Conditioner']
 
 # %% ../nbs/08_attributes.ipynb #a4240de8
 def attribute_values(task:Task,           # the task whose attributes to sample
@@ -80,13 +84,16 @@ def proposal_messages(task:Task, # the task the values are for
                       name:str,  # the attribute, e.g. 'topic'
                       n:int      # how many values to ask for
                      ) -> list[dict]:
-    "Chat messages asking for `n` distinct values of attribute `name` for `task`, as a JSON array of strings."
-    system = (f"Task: {task.instruction}\n\nWe are creating a varied data set for this task. Each request for examples will name one "
-              f"value of the attribute **{name}**, so that the set covers many different {name} values.\n"
-              f"- List {n} distinct values of {name} that suit this task, as different from one another as possible.\n"
-              f"- Each value is a short phrase.\n- The output **must** be a JSON array of {n} strings, and nothing else.")
-    return [{"role": "system", "content": system},
-            {"role": "user", "content": f"An example of the task:\n{json.dumps(task.example, indent=2, ensure_ascii=False)}\n\nList {n} values of {name}."}]
+    "Chat messages asking for `n` distinct values of attribute `name` for `task` (for a field of the example: whole values of it), as a JSON array of strings."
+    field = name in task.example
+    system = (f"Task: {task.instruction}\n\nWe are creating a varied data set for this task. Each request for examples will "
+              + (f"give one value of the field **{name}**, which every example of the request copies unchanged, so that the set has many different {name}s.\n"
+                 if field else f"name one value of the attribute **{name}**, so that the set covers many different {name} values.\n")
+              + f"- List {n} distinct values of {name} that suit this task, as different from one another as possible.\n"
+              + (f"- Each value is a complete {name}, about as long as the example's, on its own subject.\n" if field else "- Each value is a short phrase of one to four words.\n")
+              + f"- The output **must** be a JSON array of {n} strings, and nothing else.")
+    shown = f"An example of the task:\n{json.dumps(task.example, indent=2, ensure_ascii=False)}\n\n" if field else ''  # else it pulls values to its own subject
+    return [{"role": "system", "content": system}, {"role": "user", "content": f"{shown}List {n} values of {name}."}]
 
 def clean_values(values:list, # values from a reply
                  n:int        # how many to keep at most
@@ -109,22 +116,54 @@ def parse_values(text:str|None, # the model's reply
 
 def values_format(n:int # how many values at most
                  ) -> dict:
-    "The structured-output format of a proposal: `{\"values\": [...]}` with 1 to `n` strings."
-    schema = {"type": "object", "properties": {"values": {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1, "maxItems": n}},
+    "The structured-output format of a proposal: `{\"values\": [...]}` with `n // 2` (at least 1) to `n` strings (small models stop after two or three)."
+    schema = {"type": "object", "properties": {"values": {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": max(1, n // 2), "maxItems": n}},
               "required": ["values"], "additionalProperties": False}
     return {"type": "json_schema", "json_schema": {"name": "attribute_values", "schema": schema, "strict": False}}
 
 async def propose_values(task:Task,  # the task the values are for
                          name:str,   # the attribute, e.g. 'topic'
                          n:int,      # how many distinct values to ask for
-                         generator   # a `generate.Generator` (anything with `async complete(messages, response_format=)`)
+                         generator,  # a `generate.Generator` (anything with `async complete(messages, sample=, response_format=)`)
+                         tries:int=3 # requests at most, until `n` usable values are kept
                         ) -> list[str]:
-    "Up to `n` distinct values of attribute `name` for `task`, proposed by the model in one request."
-    structured = (getattr(generator, 'params', None) or {}).get('response_format')  # the generator's format is for examples: replace it
-    reply = await generator.complete(proposal_messages(task, name, n), response_format=values_format(n) if structured else None)
-    if not (values := parse_values(reply.text, n)):
+    "Up to `n` distinct usable values of attribute `name` for `task`, proposed by the model in one request, or more while too few are usable."
+    kind = getattr(generator, 'server_kind', 'openai')  # structured like the examples: when the generator has a format, or is llama.cpp's
+    structured = (getattr(generator, 'params', None) or {}).get('response_format') or kind == 'llama_cpp'
+    fmt, values = adapt_response_format(values_format(n), kind) if structured else None, []
+    for sample in range(tries):
+        reply = await generator.complete(proposal_messages(task, name, n), sample, response_format=fmt)
+        values = clean_values(values + parse_values(reply.text, n), 2 * n)
+        values = (field_values(task, name, values) if name in task.example else phrase_values(task, values))[:n]
+        if len(values) == n: break
+    if not values:
         raise TaskError(f"the model proposed no usable values (a JSON array of strings); it replied: {(reply.text or '')[:200]!r}", f"attributes.{name}")
     return values
+
+# %% ../nbs/08_attributes.ipynb #1fdc38ec
+def field_values(task:Task,    # the task whose example has the field
+                 name:str,     # the field, e.g. 'context'
+                 values:list   # proposed values, cleaned
+                ) -> list[str]:
+    "The proposed values of field `name` long enough (a third of the example's words) and not near-duplicates of the example's or of each other."
+    least, index = len(words(str(task.example[name]))) / 3, DedupIndex()
+    index.add([str(task.example[name])])
+    long_enough = [v for v in values if len(words(v)) >= least]
+    return [v for v, hit in zip(long_enough, index.match(long_enough)) if hit is None]
+
+# %% ../nbs/08_attributes.ipynb #0628bbbb
+_PHRASE, _PLACEHOLDER = re.compile(r"[\w' &/,.-]+"), re.compile(r"(?i)(example|value|topic|item|title|option|answer)[\s_-]*\d*")
+
+def phrase_values(task:Task,   # the task the values are for
+                  values:list  # proposed values, cleaned
+                 ) -> list[str]:
+    "The proposed values that read as short phrases (1-6 words of at most 15 letters, no markup, no placeholder), not an option of the task, ends trimmed."
+    options = {str(o).casefold() for o in task.label_space.options}
+    def ok(v:str) -> bool:
+        ws = re.findall(r'\w+', v)
+        return (bool(_PHRASE.fullmatch(v)) and not _PLACEHOLDER.fullmatch(v) and 1 <= len(ws) <= 6 and max(map(len, ws)) <= 15
+                and v.casefold() not in options)
+    return [v for v in (v.strip(' .,;:') for v in values) if ok(v)]
 
 # %% ../nbs/08_attributes.ipynb #160e8c21
 async def propose_missing(task:Task,          # the task whose attributes need values
@@ -173,3 +212,83 @@ def label_report(task:Task,     # the task
     name = (lambda l: f"option {l}") if task.label_space.kind == 'per_example' else str
     df = pd.DataFrame({'label': [name(l) for l in labels], 'asked': [want[l] for l in labels], 'got': [have[l] for l in labels]})
     return df.assign(**{'asked share': (df.asked / max(df.asked.sum(), 1)).round(3), 'got share': (df.got / max(df.got.sum(), 1)).round(3)})
+
+# %% ../nbs/08_attributes.ipynb #fe18e995
+def attribute_spec(a:Attribute) -> dict:
+    "An attribute as plain JSON (lists, not tuples), as a run's settings compare it once read back from its state file."
+    return {'values': list(a.values), 'weights': list(a.weights) if a.weights else None, 'propose': a.propose}
+
+class Conditioner:
+    "What each request of a creation run asks for besides examples: conditions sampled from the task's attributes, and a label mix when `balance`."
+    def __init__(self,
+                 task:Task,          # the task; its `attributes` are sampled (it may have none: then only `balance` acts)
+                 balance:bool=False, # ask every request for a mix of labels that keeps the set balanced
+                 mode:str='uniform', # how conditions are sampled: 'uniform', 'weighted' or 'every' (see `sample_conditions`)
+                 seed:int=42,        # seed of the sampling
+                 parallel:int=8):    # the run's requests per round: request j of round r is request number r * parallel + j
+        if mode not in MODES: raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if not isinstance(parallel, int) or isinstance(parallel, bool) or parallel < 1: raise ValueError(f"parallel must be a whole number of at least 1, got {parallel!r}")
+        self.task, self.balance, self.mode, self.seed, self.parallel, self.proposed = task, balance, mode, seed, parallel, None
+
+    def __repr__(self): return f"Conditioner({self.task.name!r}, attributes={list(self.task.attributes)}, balance={self.balance}, mode={self.mode!r})"
+
+    @property
+    def fixed_fields(self) -> tuple:
+        "The example's fields that the conditions fix (e.g. 'context'): examples sharing them differ only in the others."
+        return tuple(n for n in self.task.attributes if n in self.task.example)
+
+# %% ../nbs/08_attributes.ipynb #7c73b485
+@patch
+async def aprepare(self:Conditioner, gen, # the run's `generate.Generator`, asked for the values of `{"propose": N}` attributes
+                   saved:dict|None=None   # what this method returned for the run being resumed (kept in its state), or None
+                  ) -> dict:
+    "Values of the attributes the model proposes: from `saved`, else from an earlier call, else asked for now; what the run keeps in its state."
+    self.proposed = await propose_missing(self.task, gen, (saved or {}).get('proposed') or self.proposed)
+    attribute_values(self.task, self.proposed)  # every attribute has values now, or this says which has none
+    return {'proposed': self.proposed}
+
+@patch
+def settings(self:Conditioner) -> dict:
+    "What a resumed run must share with the run it continues (proposed values are not here: the run's state keeps and reuses them)."
+    return {'attributes': {n: attribute_spec(a) for n, a in self.task.attributes.items()}, 'balance': self.balance,
+            'condition_mode': self.mode, 'condition_seed': self.seed, 'condition_parallel': self.parallel}
+
+# %% ../nbs/08_attributes.ipynb #842bd8b2
+@patch
+def ask(self:Conditioner, rnd:int, # the round
+        j:int,                     # the request within the round
+        per_request:int            # examples the request asks for
+       ) -> dict:
+    "The extra keyword arguments of `prompt.messages` for request `j` of round `rnd`: `conditions`, `label_targets`, `fixed` (absent when unused)."
+    i, out = rnd * self.parallel + j, {}
+    drawn = sample_conditions(self.task, 1, self.seed, self.mode, start=i, proposed=self.proposed)[0]
+    if conditions := {k: v for k, v in drawn.items() if k not in self.task.example}: out['conditions'] = conditions
+    if fixed := {k: v for k, v in drawn.items() if k in self.task.example}: out['fixed'] = fixed
+    if self.balance and (targets := label_targets(self.task, per_request, i)): out['label_targets'] = targets
+    return out
+
+@patch
+def record(self:Conditioner, asked:dict # what `ask` returned for the request
+          ) -> dict:
+    "What the records of a request keep of it in `_meta`: its conditions, and its label targets as [label, count] pairs (JSON keeps a label's type)."
+    out = {'conditions': asked['conditions']} if 'conditions' in asked else {}
+    if 'label_targets' in asked: out['label_targets'] = [[label, c] for label, c in asked['label_targets'].items()]
+    return out
+
+@patch
+def report(self:Conditioner, result, # a `create.CreationResult` of a run made with this conditioner
+           per_request:int=5         # the run's examples per request
+          ) -> pd.DataFrame:
+    "Asked against got per label for a run: the targets of every request it sent (its rounds say how many), and its records' labels."
+    asked = [self.ask(r, j, per_request).get('label_targets', {}) for r, k in zip(result.rounds['round'], result.rounds['requests']) for j in range(k)]
+    return label_report(self.task, asked, [self.task.from_record(rec) for rec in result.records])
+
+# %% ../nbs/08_attributes.ipynb #d970953b
+@patch
+def settle(self:Conditioner, asked:dict, # what `ask` returned for the request
+           ex:dict                       # an accepted example of that request
+          ) -> dict|None:
+    "`ex` with each fixed field set to the given value (repaired when the model's copy is that value or a part of it), or None when it wrote another."
+    for k, given in asked.get('fixed', {}).items():
+        if not (copied := normal_text(str(ex.get(k) or ''))) or copied not in normal_text(given): return None
+    return {**ex, **asked.get('fixed', {})}

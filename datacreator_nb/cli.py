@@ -10,14 +10,15 @@ from pathlib import Path
 
 from .task import Task, TaskError, TASK_TYPES, load_task, from_benchmark, preset, data_path
 from .generate import Generator, GenerationError, check_settings as check_generator_settings
-from .server import SimulatedServer, varied_examples, serve_simulated
+from .server import FAULT_MIX, SimulatedServer, varied_examples, serve_simulated
 from .sampling import STRATEGIES
-from .create import create, default_generator, CreationResult, SIMULATED_WARNING, check_save_format, side_file
+from .create import create, default_generator, CreationResult, PROFILES, SIMULATED_WARNING, check_save_format, side_file
+from dataclasses import replace
 from .sampling import ALIASES
 
 # %% auto #0
-__all__ = ['STRATEGY_NAMES', 'task_from_args', 'generator_from_args', 'summary', 'cmd_create', 'parser', 'cmd_serve_model',
-           'main', 'demo_figure', 'cmd_demo']
+__all__ = ['STRATEGY_NAMES', 'task_from_args', 'generator_from_args', 'summary', 'task_with_attributes', 'hooks_from_args',
+           'cmd_create', 'parser', 'serve_parsers', 'cmd_serve_model', 'main', 'demo_figure', 'cmd_demo']
 
 # %% ../nbs/09_cli.ipynb #554c000e
 def task_from_args(args) -> Task:
@@ -59,14 +60,37 @@ def summary(res:CreationResult, seconds:float) -> str:
     return '\n'.join(lines + [json.dumps(facts)])
 
 # %% ../nbs/09_cli.ipynb #679f5d01
+def task_with_attributes(task:Task,    # the task the other options name
+                         path:str|None  # `--attributes`: a JSON file, its "attributes" object or the whole file in that form
+                        ) -> Task:
+    "`task` with the attributes of the file `path`, or as it is (with its task file's own) when there is none."
+    if not path: return task
+    try: spec = json.loads(Path(path).read_text(encoding='utf-8'))
+    except FileNotFoundError: raise TaskError('file not found', where=str(path)) from None
+    except json.JSONDecodeError as e: raise TaskError(f'not valid JSON ({e.msg})', where=f'{path}:{e.lineno}') from None
+    return replace(task, attributes=spec['attributes'] if isinstance(spec, dict) and 'attributes' in spec else spec)
+
+def hooks_from_args(args, task:Task) -> dict:
+    "The conditioner (`--attributes`, a task file's attributes, `--balance`) and the curator (`--curate`, `--judge-base-url`) asked for."
+    from datacreator_nb.attributes import Conditioner
+    from datacreator_nb.curate import Curator
+    tree = ALIASES.get(args.strategy, args.strategy) == 'tree'
+    parallel = args.parallel or PROFILES[args.profile]['tree_parallel' if tree else 'parallel']   # the conditioner numbers requests as the loop sends them
+    judge = Generator(model=args.judge_model, base_url=args.judge_base_url, api_key=os.environ.get(args.judge_api_key_env) or 'not-needed') if args.judge_base_url else None
+    return {'conditioner': Conditioner(task, balance=args.balance, seed=args.seed, parallel=parallel) if task.attributes or args.balance else None,
+            'curator': Curator(judge=judge) if args.curate or judge else None}
+
 def cmd_create(args) -> int:
     "Run the creation loop from the command line."
-    task, out = task_from_args(args), Path(args.out)
+    task, out = task_with_attributes(task_from_args(args), args.attributes), Path(args.out)
     extras = [check_save_format(p) for p in args.also or []]   # refused before anything is sent
-    t0 = time.perf_counter()
+    for k, v in PROFILES[args.profile]['generator'].items():   # the profile's generator settings, unless given (create refuses others)
+        if getattr(args, k) is None: setattr(args, k, v)
+    hooks, t0 = hooks_from_args(args, task), time.perf_counter()
     with generator_from_args(args, None if args.no_cache else side_file(out, '.cache.sqlite')) as gen:
         res = create(task, args.n, strategy=args.strategy, generator=gen, out=out, per_request=args.per_request, parallel=args.parallel,
-                     max_rounds=args.max_rounds, stall_rounds=args.stall_rounds, seed=args.seed, structured=args.structured, progress=not args.quiet)
+                     max_rounds=args.max_rounds, stall_rounds=args.stall_rounds, seed=args.seed, structured=args.structured, progress=not args.quiet,
+                     profile=args.profile, **hooks)
     for extra in extras: res.save(extra)
     print(summary(res, time.perf_counter() - t0))
     return 0
@@ -90,6 +114,15 @@ def _endpoint_options(p):
     g.add_argument('--structured', action=argparse.BooleanOptionalAction, default=None, help="send the task's JSON Schema as response_format")
     g.add_argument('--no-cache', action='store_true', help='do not keep replies in OUT.cache.sqlite')
 
+def _profile_and_hook_options(c):
+    "Options choosing the profile, the conditions of each request, and the curation of its examples."
+    c.add_argument('--profile', default='default', choices=list(PROFILES), help="'paper': the paper's settings (temperature 1, top_p 0, one chain, tree by levels...)")
+    c.add_argument('--attributes', help='JSON file of attributes to vary per request (the task file\'s "attributes" form); default: the task file\'s own')
+    c.add_argument('--balance', action='store_true', help='ask every request for a mix of labels that keeps the set balanced')
+    c.add_argument('--curate', action='store_true', help='drop echoes, meta-text, cut-off and ill-formed items before they become records')
+    c.add_argument('--judge-base-url', help='OpenAI-compatible URL of an LLM judge that scores each example (implies --curate)')
+    c.add_argument('--judge-model', default='gpt-4o-mini'); c.add_argument('--judge-api-key-env', default='OPENAI_API_KEY')
+
 STRATEGY_NAMES = [*STRATEGIES, *ALIASES]
 
 def parser() -> argparse.ArgumentParser:
@@ -104,28 +137,42 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument('--strategy', default='tree', choices=STRATEGY_NAMES)
     c.add_argument('--out', required=True, help='JSONL file to write; an existing run in it is resumed')
     c.add_argument('--also', nargs='*', help='also save as these files (.csv, .parquet, .jsonl)')
-    c.add_argument('--per-request', type=int, default=5); c.add_argument('--parallel', type=int, default=8)
+    c.add_argument('--per-request', type=int, help="examples per request (default: the profile's, 5)")
+    c.add_argument('--parallel', type=int, help="requests per round (default: the profile's: 8; paper: 1 chain, a tree 8)")
+    _profile_and_hook_options(c)
     c.add_argument('--max-rounds', type=int); c.add_argument('--stall-rounds', type=int, default=5)
     c.add_argument('--seed', type=int, default=42); c.add_argument('--quiet', action='store_true')
     _endpoint_options(c)
     c.set_defaults(run=cmd_create)
-    s = sub.add_parser('serve-simulated', help='serve the SIMULATED OpenAI-compatible test server on 127.0.0.1')
-    s.add_argument('--port', type=int, default=0); s.add_argument('--latency', type=float, default=0.0)
-    s.add_argument('--faults', default='', help='faults for the first requests, e.g. 429:2,500,drop'); s.add_argument('--seed', type=int, default=0)
-    s.set_defaults(run=lambda a: serve_simulated(port=a.port, latency=a.latency, faults=a.faults, seed=a.seed) or 0)
-    m = sub.add_parser('serve-model', help='serve a GGUF model (default: the bundled SmolLM2) on 127.0.0.1')
-    m.add_argument('--gguf', help='GGUF model file'); m.add_argument('--port', type=int, default=8000)
-    m.set_defaults(run=cmd_serve_model)
+    serve_parsers(sub)
+    from datacreator_nb.curate import add_curate_command   # curate builds on create: imported when the parser is made
+    add_curate_command(sub)
     d = sub.add_parser('demo', help='the main job: create with the tree strategy, evaluate, plot')
     d.add_argument('--out', default='out/demo'); d.add_argument('--n', type=int, default=30)
     d.add_argument('--strategy', default='tree', choices=STRATEGY_NAMES)
     d.set_defaults(run=cmd_demo)
     return p
 
+def serve_parsers(sub):
+    "Add the `serve-simulated` and `serve-model` subcommands to the subparsers `sub`."
+    s = sub.add_parser('serve-simulated', help='serve the SIMULATED OpenAI-compatible test server on 127.0.0.1')
+    s.add_argument('--port', type=int, default=0); s.add_argument('--latency', type=float, default=0.0)
+    s.add_argument('--faults', default='', help='faults for the first requests, e.g. 429:2,500,drop'); s.add_argument('--seed', type=int, default=0)
+    s.add_argument('--fault-rate', type=float, default=0.0, help='chance that a request gets a random fault from --fault-mix')
+    s.add_argument('--fault-mix', default=','.join(FAULT_MIX), help='the faults drawn at --fault-rate, e.g. 429,500,drop')
+    s.add_argument('--load-latency', type=float, default=0.0, help='seconds added to the latency per other request in flight')
+    s.set_defaults(run=lambda a: serve_simulated(a.port, a.latency, a.faults, a.seed, fault_rate=a.fault_rate, fault_mix=a.fault_mix,
+                                                 load_latency=a.load_latency) or 0)
+    m = sub.add_parser('serve-model', help='serve a GGUF model (default: the bundled SmolLM2) on 127.0.0.1')
+    m.add_argument('--gguf', help='GGUF model file'); m.add_argument('--port', type=int, default=8000)
+    m.add_argument('--slots', type=int, default=8, help="requests decoded together (llama.cpp's native server): create's --parallel")
+    m.add_argument('--n-ctx', type=int, default=2048, help='context of one request in tokens (prompt + reply)')
+    m.set_defaults(run=cmd_serve_model)
+
 def cmd_serve_model(args) -> int:
     "Serve a GGUF model until Ctrl-C."
     from datacreator_nb.local_model import serve_forever
-    return serve_forever(args.gguf, port=args.port)
+    return serve_forever(args.gguf, port=args.port, slots=args.slots, n_ctx=args.n_ctx)
 
 def main(argv:list[str]=None) -> int:
     "Entry point of the `datacreator` command."

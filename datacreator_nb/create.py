@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_create.ipynb #70574c11
 from __future__ import annotations
-import asyncio, fcntl, hashlib, json, math, os, random, threading, time
+import asyncio, hashlib, json, math, os, random, threading, time
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -13,94 +13,78 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .task import Task, TaskError, read_jsonl
+from .task import Task, TaskError
+from .run_files import (RecordFile, RoundLog, exclusive, jsonl_text, refuse_foreign, remove_run, rounds_path, side_file,
+                                      state_path, write_atomically)
 from .prompt import messages, response_format
-from .generate import Generator, GenerationError, is_local
+from .generate import Generator, GenerationError, endpoint_name, is_local
 from .validate import Validator
-from .sampling import Strategy, get_strategy
+from .sampling import Frontier, Shot, Strategy, Tree, get_strategy
 from .local_model import MODEL_ALIAS, adapt_response_format
 
 # %% auto #0
-__all__ = ['PROVENANCE', 'SIMULATED_WARNING', 'SAVE_FORMATS', 'ROUND_COLUMNS', 'side_file', 'cut_torn_tail', 'jsonl_text',
-           'append_durably', 'write_atomically', 'RecordFile', 'Seed', 'LoopState', 'RoundLog', 'requests_needed',
-           'plan_round', 'round_rng', 'next_head', 'grow_tree', 'is_simulated', 'check_save_format', 'CreationResult',
-           'is_fatal', 'make_record', 'all_or_none', 'round_stats', 'run_round', 'state_path', 'rounds_path',
-           'initial_state', 'refuse_foreign', 'remove_run', 'resume', 'example_of', 'exclusive', 'task_digest',
+__all__ = ['PROVENANCE', 'SIMULATED_WARNING', 'SAVE_FORMATS', 'NEAR_DUP_OFF', 'PROFILES', 'ROUND_COLUMNS', 'EMBEDDED_TIMEOUT',
+           'simple_create', 'shot_ids', 'LoopState', 'requests_needed', 'round_rng', 'is_simulated',
+           'check_save_format', 'CreationResult', 'profile_of', 'profile_options', 'check_profile_parts', 'as_strategy',
+           'Run', 'Round', 'is_fatal', 'request_messages', 'settled', 'screen_reply', 'add_record', 'judge_in_order',
+           'ask', 'all_or_none', 'round_stats', 'run_round', 'initial_state', 'resume', 'example_of', 'task_digest',
            'endpoint_identity', 'run_settings', 'check_settings', 'check_counts', 'charge_finished', 'stop_reason',
-           'Run', 'save_round', 'snapshot', 'open_run', 'run_rounds', 'creation_result', 'acreate', 'run_on_worker',
-           'create', 'default_generator']
+           'save_round', 'snapshot', 'open_run', 'spent', 'prepare', 'run_rounds', 'creation_result',
+           'curator_settings', 'run_options', 'acreate', 'run_on_worker', 'create', 'default_generator']
+
+# %% ../nbs/05_create.ipynb #43c662a6
+async def simple_create(task:Task,            # what to create
+                        n:int,                # how many accepted examples to create
+                        strategy:Strategy,    # how the next shots are picked, e.g. `get_strategy('random')`
+                        gen:Generator,        # the endpoint
+                        per_request:int=5,    # examples asked for in one request
+                        parallel:int=2,       # requests per round (chains side by side)
+                        max_rounds:int=20,    # give up after this many rounds
+                        seed:int=42           # seed of the strategy's random choices
+                       ) -> list[dict]:
+    "The creation loop at its plainest, in memory: prompt -> generate -> validate -> pick, until `n` examples are accepted."
+    validator, rng, made = Validator(task), random.Random(seed), []
+    frontier = strategy.start(task, parallel)
+    for _ in range(max_rounds):
+        if len(made) >= n: break
+        shots = strategy.plan(frontier, parallel, rng)                                        # which examples to show
+        replies = await gen.complete_many([messages(task, [s.example], per_request) for s in shots])  # prompt -> generate
+        for j, (shot, reply) in enumerate(zip(shots, replies)):
+            accepted = validator.validate(reply.text).accepted if reply.ok else []              # validate
+            children = [Shot(ex, len(made) + i, shot.depth + 1) for i, ex in enumerate(accepted)]
+            made += accepted
+            strategy.advance(frontier, j, shot, children, rng)                                  # pick
+    return made[:n]
 
 # %% ../nbs/05_create.ipynb #7ce8b450
 PROVENANCE = ('id', 'round', 'parent', 'depth', 'strategy', 'model')   # the keys of a record's `_meta` object
 
-def side_file(out:Path, suffix:str) -> Path:
-    "The file beside `out` named by `out`'s whole name plus `suffix`: `v1.5.jsonl` -> `v1.5.jsonl.state.json`."
-    out = Path(out)
-    return out.with_name(out.name + suffix)
-
-def cut_torn_tail(path:Path):
-    "Cut a last line that a crash left without its newline."
-    with open(path, 'rb+') as f:
-        data = f.read()
-        if data and not data.endswith(b'\n'): f.truncate(data.rfind(b'\n') + 1)
-
-def jsonl_text(recs:list[dict]) -> str:
-    "Records as JSON Lines."
-    return ''.join(json.dumps(r, ensure_ascii=False) + '\n' for r in recs)
-
-def append_durably(path:Path, text:str):
-    "Append `text` to `path` and flush it to the disk (one fsync)."
-    with open(path, 'a', encoding='utf-8') as f: f.write(text); f.flush(); os.fsync(f.fileno())
-
-def write_atomically(path:Path, text:str):
-    "Replace `path` by `text` so that a crash leaves either the old or the new file, never half of one."
-    tmp = side_file(path, '.tmp')
-    with open(tmp, 'w', encoding='utf-8') as f: f.write(text); f.flush(); os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-class RecordFile:
-    "An append-only JSONL file of created records; a record is on disk before it is counted."
-    def __init__(self, path:Path|None): # where to write (a file this tool wrote, or none yet); None keeps records in memory only
-        self.path = Path(path) if path else None
-        if self.path: self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path and self.path.exists(): cut_torn_tail(self.path)
-        self.records = read_jsonl(self.path) if self.path and self.path.exists() else []
-
-    def __len__(self): return len(self.records)
-
-    def truncate(self, count:int):
-        "Drop the records after the first `count`: the tail of a round that did not finish."
-        self.records = self.records[:count]
-        if self.path: write_atomically(self.path, jsonl_text(self.records))
-
-    def extend(self, recs:list[dict]):
-        "Write `recs` durably (one flush and fsync), then count them."
-        if self.path and recs: append_durably(self.path, jsonl_text(recs))
-        self.records += recs
-
 # %% ../nbs/05_create.ipynb #8288ff0d
-@dataclass
-class Seed:
-    "A formatting example and the id of its record (None for the task's own example)."
-    example:dict
-    id:int|None=None
-    depth:int=0
+def shot_ids(shots:list[Shot]  # shots, in request order
+            ) -> list[tuple]:
+    "What the state file keeps of shots: (record id, depth) pairs."
+    return [(s.id, s.depth) for s in shots]
 
 @dataclass
 class LoopState:
-    "Everything the loop needs to resume: the next round, its frontier, and the bookkeeping."
+    "Everything the loop needs to resume: the next round, the strategy's frontier, and the bookkeeping."
     round:int=0                              # the round about to run (or running)
-    frontier:list=field(default_factory=list) # Seeds: chain heads, or tree's breadth-first queue
+    frontier:Frontier|None=None              # where the strategy's picking stands
     stall:int=0                              # rounds in a row with nothing accepted
     count_at_start:int=0                     # records on disk when the round began
     running:bool=False                       # a round was started and not finished
     rounds:list=field(default_factory=list)  # per-round statistics so far (saved in the rounds file, not the state file)
     settings:dict=field(default_factory=dict) # what decides the run's replies and records: a resume must use the same
+    prepared:dict|None=None                  # what the conditioner prepared (e.g. proposed attribute values): a resume reuses it
+    prepare_usd:float=0.0                    # what preparing cost
 
-    def save(self, path:Path|None):
+    def save(self,
+             path:Path|None  # where to write
+            ):
         "Write the state (without the rounds' statistics) atomically: a temp file, then a rename."
         state = {k: v for k, v in self.__dict__.items() if k != 'rounds'}
-        if path: write_atomically(path, json.dumps({**state, 'frontier': [(s.id, s.depth) for s in self.frontier]}, ensure_ascii=False))
+        frontier = {'shots': shot_ids(self.frontier.shots), 'level': shot_ids(self.frontier.level)}
+        if path: write_atomically(path, json.dumps({**state, 'frontier': frontier}, ensure_ascii=False))
 
     @classmethod
     def load(cls,
@@ -111,62 +95,37 @@ class LoopState:
         if not path or not path.exists(): return None
         try: d = json.loads(path.read_text(encoding='utf-8'))
         except json.JSONDecodeError as e: raise TaskError(f"the loop's state file is not valid JSON ({e.msg}); delete it and the records to start afresh", where=f"{path}:{e.lineno}") from None
-        try: return cls(**{**d, 'frontier': [Seed(example_of(i), i, depth) for i, depth in d['frontier']]})
+        try:
+            shots = {k: [Shot(example_of(i), i, depth) for i, depth in d['frontier'][k]] for k in ('shots', 'level')}
+            return cls(**{**d, 'frontier': Frontier(example_of(None), **shots)})
         except TaskError: raise   # already says what is wrong
         except (KeyError, TypeError, ValueError) as e: raise TaskError(f"the loop's state file is not one this version wrote ({type(e).__name__}: {e}); delete it and the records to start afresh", where=str(path)) from None
 
-class RoundLog:
-    "The finished rounds' statistics, one JSON line per round, only ever appended to."
-    def __init__(self, path:Path|None): self.path, self.written = path, 0  # the rounds file; None keeps nothing
-
-    def load(self, count:int) -> list[dict]:
-        "The statistics of the first `count` rounds (those the state says are finished); lines after them are cut."
-        lines = self.path.read_text(encoding='utf-8').splitlines(keepends=True) if self.path and self.path.exists() else []
-        if len(lines) < count: raise TaskError(f"the rounds file holds {len(lines)} rounds but the state file says {count} are finished: they belong to different runs", where=str(self.path))
-        if len(lines) > count: write_atomically(self.path, ''.join(lines[:count]))
-        self.written = count
-        return [json.loads(l) for l in lines[:count]]
-
-    def extend(self, rounds:list[dict]):
-        "Append the rounds of `rounds` that are not on disk yet."
-        if self.path and rounds[self.written:]: append_durably(self.path, jsonl_text(rounds[self.written:]))
-        self.written = len(rounds)
-
 # %% ../nbs/05_create.ipynb #9c32df66
-def requests_needed(remaining:int, per_request:int, parallel:int) -> int:
+def requests_needed(remaining:int,   # examples still to make
+                    per_request:int, # examples asked for in one request
+                    parallel:int     # requests per round at most
+                   ) -> int:
     "Requests for the next round: what would reach the target, capped by `parallel`."
     return max(1, min(parallel, math.ceil(remaining / per_request)))
 
-def plan_round(state:LoopState, strategy:Strategy, task:Task, k:int) -> list[Seed]:
-    "The seeds of the next round's `k` requests; the tree pops them from its queue."
-    if strategy.name != 'tree': return state.frontier[:k]
-    if not state.frontier: state.frontier = [Seed(task.example)]
-    seeds, state.frontier = state.frontier[:k], state.frontier[k:]
-    return seeds
-
-# %% ../nbs/05_create.ipynb #56eba71a
-def round_rng(seed:int, rnd:int) -> random.Random:
+def round_rng(seed:int, # the run's random seed
+              rnd:int   # the round's number
+             ) -> random.Random:
     "The random generator of round `rnd`: the same on every replay."
     return random.Random(seed * 1_000_003 + rnd)
-
-def next_head(strategy:Strategy, head:Seed, children:list[Seed], rng:random.Random) -> Seed:
-    "A chain's next head: the strategy's pick among the children of its request (the same head when there are none)."
-    pick = strategy.pick([head.example], [c.example for c in children], rng)[0]
-    return next(c for c in [head, *children] if c.example is pick)
-
-def grow_tree(state:LoopState, strategy:Strategy, children:list[Seed], rng:random.Random):
-    "Queue a round's accepted examples, shuffled, behind the tree's frontier; a deeper level never jumps ahead."
-    state.frontier += sorted(strategy.pick([], children, rng), key=lambda c: c.depth)
 
 # %% ../nbs/05_create.ipynb #888b3a71
 SIMULATED_WARNING = "SIMULATED DATA: written by the local test server's simulated responder, not by a model."
 SAVE_FORMATS = ('.jsonl', '.csv', '.parquet')
 
-def is_simulated(gen:Generator) -> bool:
+def is_simulated(gen:Generator  # a generator
+                ) -> bool:
     "Whether `gen` talks to the project's simulated server on this machine (its model is 'simulated...'), not to a model."
     return gen.model.startswith('simulated') and is_local(gen.base_url)
 
-def check_save_format(path) -> Path:
+def check_save_format(path  # where to save
+                     ) -> Path:
     "`path` as a Path, if its suffix is one `CreationResult.save` writes."
     if (path := Path(path)).suffix not in SAVE_FORMATS: raise ValueError(f"unknown format {path.suffix!r} of {path}: use .jsonl, .csv or .parquet")
     return path
@@ -183,9 +142,11 @@ class CreationResult:
     path:Path|None=None
     simulated:bool=False    # True when the replies came from the simulated local server, not a model
     rounds_now:int=0        # how many of the last rounds this call ran (the others were read from the file)
+    settings:dict=field(default_factory=dict) # the profile and every setting of the run (as its state file keeps them)
+    prepare_usd:float=0.0   # what preparing the run cost (e.g. the conditioner's proposal request)
 
     @property
-    def usd(self) -> float: return float(self.rounds['usd'].sum()) if len(self.rounds) else 0.0
+    def usd(self) -> float: return self.prepare_usd + (float(self.rounds['usd'].sum()) if len(self.rounds) else 0.0)
     @property
     def tokens(self) -> int: return int(self.rounds['tokens'].sum()) if len(self.rounds) else 0
     @property
@@ -207,7 +168,9 @@ class CreationResult:
         df = pd.DataFrame([{k: v for k, v in r.items() if k != '_meta'} | {f'_meta.{k}': v for k, v in r['_meta'].items()} for r in self.records])
         return df.astype({'_meta.parent': 'Int64'}) if '_meta.parent' in df else df
 
-    def save(self, path) -> Path:
+    def save(self,
+             path  # where to write
+            ) -> Path:
         "Write the records as .jsonl, .csv or .parquet, chosen by the suffix."
         path, df = check_save_format(path), pd.DataFrame(self.records)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -217,23 +180,179 @@ class CreationResult:
         else: df.to_parquet(path, index=False)
         return path
 
+    def __repr__(self): return f"CreationResult({len(self.records)} records of {self.task.name!r}, {len(self.rounds)} rounds, stop_reason={self.stop_reason!r}, simulated={self.simulated})"
+
     def _repr_markdown_(self) -> str:
         warn = f"**{SIMULATED_WARNING}**\n\n" if self.simulated else ""
         head = (f"{warn}**{len(self.records)} examples** of `{self.task.name}` in {len(self.rounds)} rounds, "
                 f"stopped by **{self.stop_reason}**; acceptance {self.acceptance:.0%}, "
-                f"{self.tokens:,} tokens, ${self.usd:.4f}, {self.seconds:.1f} s" + (f"; file `{self.path}`" if self.path else ''))
-        return head + "\n\n" + self.rounds.to_markdown(index=False) if len(self.rounds) else head
+                f"{self.tokens:,} tokens, ${self.usd:.4f}" + (f"; file `{self.path}`" if self.path else ''))
+        table = self.rounds.drop(columns=['llm_seconds', 'seconds'])   # times vary run to run: in `rounds` and `seconds`
+        return head + "\n\n" + table.to_markdown(index=False) if len(self.rounds) else head
+
+# %% ../nbs/05_create.ipynb #b6acc89f
+NEAR_DUP_OFF = 1.01   # a Jaccard similarity no two texts reach: only exact copies are duplicates
+
+PROFILES = {
+    'default': {'generator': {}, 'per_request': 5, 'parallel': 8, 'tree_parallel': 8, 'style': 'array', 'by_level': False,
+                'near_dup': 0.7, 'structured': None},
+    'paper':   {'generator': {'temperature': 1.0, 'top_p': 0.0}, 'per_request': 5, 'parallel': 1, 'tree_parallel': 8, 'style': 'paper',
+                'by_level': True, 'near_dup': NEAR_DUP_OFF, 'structured': False},
+}   # parallel: chains side by side; tree_parallel: a tree's requests per round (a level's order does not depend on it)
+
+def profile_of(name:str  # 'default' or 'paper'
+              ) -> dict:
+    "The profile called `name`."
+    if name not in PROFILES: raise TaskError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}", 'profile')
+    return PROFILES[name]
+
+def profile_options(name:str,  # 'default' or 'paper'
+                    tree:bool, # whether the strategy is a tree (it takes `tree_parallel`)
+                    **given    # options given by the caller; None: the profile's
+                   ) -> dict:
+    "The run's options: the profile's, with those given; under a profile other than 'default' a different value is refused (but a tree's parallel)."
+    prof = {k: v for k, v in profile_of(name).items() if k not in ('generator', 'tree_parallel')}
+    if tree: prof['parallel'] = profile_of(name)['tree_parallel']
+    for k, v in given.items():   # a tree's level order does not depend on its parallel: that one is free
+        if v is not None and name != 'default' and v != prof[k] and not (tree and k == 'parallel'): raise TaskError(f"profile {name!r} sets {k}={prof[k]!r}, got {v!r}: leave it out, or use profile 'default'", k)
+    return {k: prof[k] if given.get(k) is None else given[k] for k in prof}
+
+def check_profile_parts(name:str,                 # the profile
+                        gen:Generator,            # the run's generator
+                        strategy:Strategy,        # how shots are picked
+                        validator:Validator|None, # the validator given, or None
+                        by_level:bool,            # whether the profile's tree goes level by level
+                        near_dup:float            # the profile's near-duplicate threshold
+                       ):
+    "Refuse a generator, strategy or validator made otherwise than profile `name` says, naming what differs."
+    if diff := {k: (gen.params[k], v) for k, v in profile_of(name)['generator'].items() if gen.params[k] != v}:
+        raise TaskError(f"profile {name!r} needs " + ', '.join(f"{k}={v!r} (the generator has {g!r})" for k, (g, v) in diff.items()) +
+                        f": make the Generator with **PROFILES[{name!r}]['generator']", 'generator')
+    if isinstance(strategy, Tree) and strategy.by_level != by_level: raise TaskError(f"profile {name!r} needs Tree(by_level={by_level})", 'strategy')
+    if validator is not None and name != 'default' and validator.index.threshold != near_dup:
+        raise TaskError(f"profile {name!r} needs a Validator with near_dup={near_dup}, got {validator.index.threshold}", 'validator')
+
+def as_strategy(strategy:str|Strategy, # a strategy's name, or a strategy
+                by_level:bool          # a tree made by name goes level by level
+               ) -> Strategy:
+    "The strategy object: made by name (a tree by levels when `by_level`), or the one given."
+    return get_strategy(strategy, by_level=by_level) if isinstance(strategy, str) else strategy
 
 # %% ../nbs/05_create.ipynb #31db4956
-def is_fatal(reply) -> bool:
+@dataclass
+class Run:
+    "What a run's rounds share: the task, the endpoint, the checks, the files and the options."
+    task:Task                  # what to create
+    gen:Generator              # the endpoint
+    validator:Validator        # the checks, with every accepted example in its pool
+    strategy:Strategy          # how shots are picked
+    store:RecordFile           # the records
+    log:RoundLog               # the finished rounds' statistics
+    where:Path|None            # the state file
+    n:int                      # the target
+    per_request:int            # examples asked for in one request
+    parallel:int               # requests per round at most
+    seed:int                   # the random seed
+    fmt:dict|None              # the response_format sent, if any
+    max_rounds:int|None        # stop after this many rounds
+    stall_rounds:int|None      # stop after this many rounds in a row with nothing accepted
+    style:str='array'          # the prompt's output rules: 'array' or 'paper'
+    conditioner:object=None    # gives each request its conditions and label targets
+    curator:object=None        # judges each reply's examples before they become records
+
+@dataclass
+class Round:
+    "One round in flight: its shots and what each request asks, the replies as they come, what is judged so far."
+    run:Run                    # what the run's rounds share
+    number:int                 # the round's number
+    shots:list                 # one `Shot` per request
+    first_id:int               # the id of the round's first record
+    rng:random.Random          # the round's random generator
+    frontier:Frontier          # where the strategy's picking stands: moved as each request is judged
+    made:list=field(default_factory=list)      # the round's records so far
+    verdicts:list=field(default_factory=list)  # per judged request, the validator's verdict
+    from_cache:int=0           # records made from cached replies
+
+    def __post_init__(self):
+        k, c = len(self.shots), self.run.conditioner
+        self.asked = [c.ask(self.number, j, self.run.per_request) if c is not None else {} for j in range(k)]
+        self.replies, self.screened, self.t0 = [None] * k, [None] * k, time.perf_counter()
+        self.last_reply = self.t0
+
+# %% ../nbs/05_create.ipynb #2f515e62
+def is_fatal(reply  # a `Completion` or `Failure`
+            ) -> bool:
     "Whether a request failed in a way no retry or later round can mend (bad key, unknown model, no quota)."
     return not reply.ok and reply.fatal
 
-def make_record(task:Task, ex:dict, id:int, parent:Seed, rnd:int, strategy:str, model:str) -> dict:
-    "`ex` as a record: every field of the example as it is, and the provenance apart, in one `_meta` object."
-    return {**task.to_record(ex), '_meta': {'id': id, 'round': rnd, 'parent': parent.id, 'depth': parent.depth + 1, 'strategy': strategy, 'model': model}}
+def request_messages(run:Run,    # what the run's rounds share
+                     shot:Shot,  # the request's formatting example
+                     asked:dict  # what the conditioner asks of the request ({} without one)
+                    ) -> list[dict]:
+    "The chat messages of one request: the task's rules, its shot, and the conditions the conditioner `asked` for."
+    return messages(run.task, [shot.example], run.per_request, run.style, **asked)
 
-async def all_or_none(coros:list) -> list:
+def settled(run:Run,       # what the run's rounds share
+            asked:dict,    # what the conditioner asks of the request ({} without one)
+            checked:list,  # examples that passed the checks
+            rejected:list  # (reason, item) of the reply's other items: grows by the examples rejected here
+           ) -> list:
+    "The checked examples with the fields the conditioner fixed for the request as given; one that wrote another is rejected."
+    if run.conditioner is None or not hasattr(run.conditioner, 'settle'): return checked
+    pairs = [(ex, run.conditioner.settle(asked, ex)) for ex in checked]
+    rejected += [('fixed_field_changed', ex) for ex, s in pairs if s is None]
+    return [s for _, s in pairs if s is not None]
+
+async def screen_reply(run:Run,         # what the run's rounds share
+                       reply,           # the request's reply (`Completion` or `Failure`)
+                       msgs:list[dict], # the chat messages the request sent
+                       asked:dict       # what the conditioner asks of the request ({} without one)
+                      ) -> tuple[list, list, list]:
+    "A reply's examples that pass the checks and the curator, their records, and (reason, item) for the others."
+    checked, rejected = run.validator.screen(reply.text) if reply.ok else ([], [])
+    checked = settled(run, asked, checked, rejected)
+    records = [run.task.to_record(ex) for ex in checked]
+    if run.curator is None or not checked: return checked, records, rejected
+    judged = (await run.curator.acurate(run.task, records, msgs)).records
+    flags = [r.get('_curation', {}).get('flags') for r in judged]
+    rejected += [(f[0], ex) for ex, f in zip(checked, flags) if f]
+    return [ex for ex, f in zip(checked, flags) if not f], [r for r, f in zip(judged, flags) if not f], rejected
+
+def add_record(rd:Round,    # the round in flight
+               j:int,       # the request's position in its round
+               record:dict  # the example as a record (the curator's, when there is one)
+              ) -> Shot|None:
+    "`record` of request `j` as the round's next record, and as a shot for later rounds; None once the target is met."
+    run, parent = rd.run, rd.shots[j]
+    if rd.first_id + len(rd.made) >= run.n: return None
+    meta = {'id': rd.first_id + len(rd.made), 'round': rd.number, 'parent': parent.id, 'depth': parent.depth + 1,
+            'strategy': run.strategy.name, 'model': run.gen.model, **(run.conditioner.record(rd.asked[j]) if run.conditioner is not None else {})}
+    rd.made.append({**record, '_meta': meta}); rd.from_cache += bool(rd.replies[j].cached)
+    return Shot(run.task.from_record(rd.made[-1]), meta['id'], meta['depth'])
+
+def judge_in_order(rd:Round  # the round in flight
+                  ):
+    "Judge every screened reply whose predecessors are judged: duplicates out, the rest numbered as records, the strategy's pick."
+    while len(rd.verdicts) < len(rd.shots) and rd.screened[j := len(rd.verdicts)] is not None:
+        checked, records, rejected = rd.screened[j]
+        rd.verdicts.append(rd.run.validator.admit(checked, rejected))
+        record_of = {id(ex): r for ex, r in zip(checked, records)}
+        children = [s for s in (add_record(rd, j, record_of[id(ex)]) for ex in rd.verdicts[j].accepted) if s]
+        rd.run.strategy.advance(rd.frontier, j, rd.shots[j], children, rd.rng)
+
+async def ask(rd:Round, # the round in flight
+              j:int     # the request's position in its round
+             ):
+    "Request `j` of the round: its reply screened as soon as it arrives, and judged as soon as the replies before it are."
+    msgs = request_messages(rd.run, rd.shots[j], rd.asked[j])
+    rd.replies[j] = (await rd.run.gen.complete_many([msgs], [rd.number * 100_000 + j], response_format=rd.run.fmt))[0]
+    if is_fatal(rd.replies[j]): raise GenerationError(rd.replies[j].reason, rd.replies[j].status)
+    rd.last_reply = time.perf_counter()
+    rd.screened[j] = await screen_reply(rd.run, rd.replies[j], msgs, rd.asked[j])
+    judge_in_order(rd)
+
+async def all_or_none(coros:list  # coroutines to run together
+                     ) -> list:
     "The results of `coros`, run concurrently; the first one to raise cancels the others, then its error is raised."
     tasks = [asyncio.ensure_future(c) for c in coros]
     try: return await asyncio.gather(*tasks)
@@ -242,65 +361,37 @@ async def all_or_none(coros:list) -> list:
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
 
-def round_stats(rnd:int, replies:list, verdicts:list, made:list, from_cache:int, llm_seconds:float, seconds:float) -> dict:
+def round_stats(rd:Round  # a finished round
+               ) -> dict:
     "A round's statistics: requests, failures, items accepted, surplus and rejected (and why), tokens, dollars, cache, time."
-    reasons, ok = Counter(r for v in verdicts for r, _ in v.rejected), [r for r in replies if r.ok]
-    failures = Counter('budget' if r.budget else f'request_failed:{r.status or "error"}' for r in replies if not r.ok)
-    return {'round': rnd, 'requests': len(replies), 'failed': sum(failures.values()), 'accepted': len(made), 'from_cache': from_cache,
-            'surplus': sum(len(v.accepted) for v in verdicts) - len(made), 'rejected': sum(reasons.values()), 'failures': dict(failures),
-            'tokens': sum(r.prompt_tokens + r.completion_tokens for r in ok), 'usd': sum(r.cost_usd for r in ok),
-            'cached': sum(bool(r.cached) for r in ok), 'llm_seconds': llm_seconds, 'seconds': seconds, 'reasons': dict(reasons)}
+    reasons, ok = Counter(r for v in rd.verdicts for r, _ in v.rejected), [r for r in rd.replies if r.ok]
+    failures = Counter('budget' if r.budget else f'request_failed:{r.status or "error"}' for r in rd.replies if not r.ok)
+    return {'round': rd.number, 'requests': len(rd.replies), 'failed': sum(failures.values()), 'accepted': len(rd.made), 'from_cache': rd.from_cache,
+            'surplus': sum(len(v.accepted) for v in rd.verdicts) - len(rd.made), 'rejected': sum(reasons.values()), 'failures': dict(failures),
+            'tokens': sum(r.prompt_tokens + r.completion_tokens for r in ok), 'usd': sum(r.cost_usd for r in ok), 'cached': sum(bool(r.cached) for r in ok),
+            'llm_seconds': rd.last_reply - rd.t0, 'seconds': time.perf_counter() - rd.t0, 'reasons': dict(reasons)}
 
-async def run_round(task:Task, gen:Generator, validator:Validator, strategy:Strategy, first_id:int,
-                    state:LoopState, seeds:list[Seed], n:int, per_request:int, fmt:dict|None, seed:int) -> tuple[dict, list]:
-    "Send one round's requests, keep what validates, move the frontier; the round's statistics and its records (ids from `first_id`)."
-    t0, rnd, arrived, rng = time.perf_counter(), state.round, [], round_rng(seed, state.round)
-    replies, screened, verdicts, children, made, cached = [None] * len(seeds), [None] * len(seeds), [], [], [], []
-    def record(parent:Seed, ex:dict, from_cache:bool) -> Seed|None:
-        "`ex` as the next record, a child of `parent`, shown to later rounds as read back from the file; None once the target is met."
-        if first_id + len(made) >= n: return None
-        made.append(make_record(task, ex, first_id + len(made), parent, rnd, strategy.name, gen.model)); cached.append(from_cache)
-        return Seed(task.from_record(made[-1]), made[-1]['_meta']['id'], parent.depth + 1)
-    def judge_in_order():
-        "Judge every screened reply whose predecessors are judged: duplicates, records, the chain's next head."
-        while len(verdicts) < len(seeds) and screened[j := len(verdicts)] is not None:
-            verdicts.append(validator.admit(*screened[j]))
-            children.append([c for c in (record(seeds[j], ex, replies[j].cached) for ex in verdicts[j].accepted) if c])
-            if strategy.name != 'tree': state.frontier[j] = next_head(strategy, seeds[j], children[j], rng)
-    async def ask(j:int, s:Seed):
-        "One request; its reply screened as soon as it arrives, and judged as soon as the replies before it are."
-        replies[j] = (await gen.complete_many([messages(task, [s.example], per_request)], [rnd * 100_000 + j], response_format=fmt))[0]
-        if is_fatal(replies[j]): raise GenerationError(replies[j].reason, replies[j].status)
-        arrived.append(time.perf_counter())
-        screened[j] = validator.screen(replies[j].text) if replies[j].ok else ([], [])
-        judge_in_order()
-    await all_or_none([ask(j, s) for j, s in enumerate(seeds)])
-    if strategy.name == 'tree': grow_tree(state, strategy, [c for cs in children for c in cs], rng)
-    return round_stats(rnd, replies, verdicts, made, sum(cached), max(arrived) - t0, time.perf_counter() - t0), made
+async def run_round(rd:Round  # the round to run
+                   ) -> tuple[dict, list]:
+    "Send the round's requests, keep what validates, let the strategy move its frontier; the round's statistics and records."
+    await all_or_none([ask(rd, j) for j in range(len(rd.shots))])
+    return round_stats(rd), rd.made
 
 # %% ../nbs/05_create.ipynb #33789de2
-def state_path(out:Path|None) -> Path|None:
-    "Where the loop's state is kept for the record file `out`."
-    return side_file(out, '.state.json') if out else None
+def initial_state(task:Task,         # what to create
+                  strategy:Strategy, # how shots are picked
+                  parallel:int       # chains side by side
+                 ) -> LoopState:
+    "The state of a new run: the strategy's start (chains, or a tree's root, from the task's example)."
+    return LoopState(frontier=strategy.start(task, parallel))
 
-def rounds_path(out:Path|None) -> Path|None:
-    "Where the finished rounds' statistics are kept for the record file `out`."
-    return side_file(out, '.rounds.jsonl') if out else None
-
-def initial_state(task:Task, strategy:Strategy, parallel:int) -> LoopState:
-    "The state of a new run: every chain (or the tree's root) starts from the task's example."
-    return LoopState(frontier=[Seed(task.example)] * (1 if strategy.name == 'tree' else parallel))
-
-def refuse_foreign(out:Path|None):
-    "Refuse, before touching anything, a record file with data but no state file: this tool did not write it."
-    if out and Path(out).exists() and Path(out).stat().st_size and not state_path(out).exists():
-        raise TaskError(f"this file holds data but there is no state file {state_path(out).name} beside it: this tool did not write it, so it is left untouched; choose another output file", where=str(out))
-
-def remove_run(out:Path|None):
-    "Delete the records, state and rounds of a previous run in `out` (a run this tool wrote, under its lock)."
-    for f in (out, state_path(out), rounds_path(out)) if out else (): Path(f).unlink(missing_ok=True)
-
-def resume(task:Task, strategy:Strategy, store:RecordFile, log:RoundLog, parallel:int, where:Path|None) -> LoopState:
+def resume(task:Task,         # what to create
+           strategy:Strategy, # how shots are picked
+           store:RecordFile,  # the record file, opened
+           log:RoundLog,      # the rounds file
+           parallel:int,      # requests per round at most
+           where:Path|None    # the state file
+          ) -> LoopState:
     "The saved state (a new one if there is none) with its finished rounds, the record file cut back to the start of an unfinished round."
     state = LoopState.load(where, example_of(task, store, where)) or initial_state(task, strategy, parallel)
     state.rounds = log.load(state.round)
@@ -308,7 +399,10 @@ def resume(task:Task, strategy:Strategy, store:RecordFile, log:RoundLog, paralle
     state.stall = 0   # a stall is not final: the same call again tries again
     return state
 
-def example_of(task:Task, store:RecordFile, where:Path):
+def example_of(task:Task,        # what to create
+               store:RecordFile, # the record file, opened
+               where:Path        # the state file
+              ):
     "A function from a record id in the state file (None: the task's own example) to that example."
     def get(i):
         if i is None: return task.example
@@ -316,49 +410,57 @@ def example_of(task:Task, store:RecordFile, where:Path):
         return task.from_record(store.records[i])
     return get
 
-@contextmanager
-def exclusive(out:Path|None):
-    "Hold an exclusive lock on the run's files for the block (released by the OS even if the process is killed)."
-    if not out: yield; return
-    lock = side_file(out, '.lock')
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, 'w') as f:
-        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError: raise TaskError("another run is writing this file now; wait for it or choose another output file", where=str(out)) from None
-        yield
-
 # %% ../nbs/05_create.ipynb #93caf79d
-def task_digest(task:Task) -> str:
+def task_digest(task:Task  # a task
+               ) -> str:
     "A short hash of what the task asks for: its instruction, example, label space and keys (not its name)."
     blob = json.dumps([task.instruction, task.example, asdict(task.label_space), task.answer_key, task.options_key], ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
-def endpoint_identity(gen:Generator) -> dict:
+def endpoint_identity(gen:Generator  # the run's generator
+                     ) -> dict:
     "What decides the endpoint's answers (`Generator.identity`); a server this tool starts is one endpoint whatever port it got."
     own = is_simulated(gen) or (gen.model == MODEL_ALIAS and is_local(gen.base_url))   # the simulated server, the embedded model
     return {**gen.identity, 'base_url': f'{gen.model} on this machine'} if own else gen.identity
 
-def run_settings(task:Task, gen:Generator, strategy:Strategy, **options) -> dict:
+def run_settings(task:Task,         # what to create
+                 gen:Generator,     # the run's generator
+                 strategy:Strategy, # how shots are picked
+                 **options          # other options that decide the run
+                ) -> dict:
     "Everything that decides a run's replies and records: the endpoint, the task's name and content, the strategy, `options`."
     return {**endpoint_identity(gen), 'task': task.name, 'task_content': task_digest(task), 'strategy': strategy.name, **options}
 
-def check_settings(state:LoopState, settings:dict, where:Path|None):
+def check_settings(state:LoopState, # the loop's state (with its saved settings, if resumed)
+                   settings:dict,   # the settings of this call
+                   where:Path|None  # the state file, named in the error
+                  ):
     "Refuse to resume a run with other settings than it was started with (it would mix runs and miss the cache)."
-    if state.settings and (diff := {k: (state.settings.get(k), v) for k, v in settings.items() if state.settings.get(k) != v}):
+    if state.settings and (diff := {k: (state.settings.get(k), settings.get(k)) for k in {**state.settings, **settings} if state.settings.get(k) != settings.get(k)}):
         raise TaskError("the run in this file was started with other settings (was -> now): " + ', '.join(f"{k} {a!r} -> {b!r}" for k, (a, b) in diff.items()), where=str(where))
     state.settings = settings
 
-def check_counts(none_ok:bool=False, **counts):
+def check_counts(none_ok:bool=False, # None is a valid value
+                 **counts            # name=value pairs to check
+                ):
     "Refuse a count that is not a whole number of at least 1 (None too, unless `none_ok`), naming it."
     for name, value in counts.items():
         if not (none_ok and value is None) and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise TaskError(f"must be a whole number of at least 1, got {value!r}", name)
 
-def charge_finished(gen:Generator, state:LoopState):
-    "Count what the run's finished rounds cost against the generator's budget: a resumed run spends only what is left."
-    gen.charge(sum(r['usd'] for r in state.rounds))
+def charge_finished(gen:Generator,   # the run's generator
+                    state:LoopState  # the loop's state
+                   ):
+    "Count what the run's finished rounds (and its preparation) cost against the generator's budget: a resumed run spends only what is left."
+    gen.charge(state.prepare_usd + sum(r['usd'] for r in state.rounds))
 
-def stop_reason(state:LoopState, count:int, gen:Generator, n:int, max_rounds:int|None, stall_rounds:int|None) -> str|None:
+def stop_reason(state:LoopState,       # the loop's state
+                count:int,             # records so far
+                gen:Generator,         # the run's generator
+                n:int,                 # the target
+                max_rounds:int|None,   # stop after this many rounds (None: no limit)
+                stall_rounds:int|None  # stop after this many rounds in a row with nothing accepted (None: never)
+               ) -> str|None:
     "Why the loop must stop now, given `count` records so far, or None to go on."
     if count >= n: return 'target reached'
     if gen.budget_spent or gen.stats.budget_stops: return 'budget'   # or a request of the last round did not fit in it
@@ -367,43 +469,68 @@ def stop_reason(state:LoopState, count:int, gen:Generator, n:int, max_rounds:int
     return None
 
 # %% ../nbs/05_create.ipynb #ae674fb4
-@dataclass
-class Run:
-    "What a run's rounds share: the task, the endpoint, the checks, the files and the options."
-    task:Task; gen:Generator; validator:Validator; strategy:Strategy; store:RecordFile; log:RoundLog; where:Path|None
-    n:int; per_request:int; parallel:int; seed:int; fmt:dict|None; max_rounds:int|None; stall_rounds:int|None
-
-def save_round(run:Run, records:list[dict], state:LoopState):
+def save_round(run:Run,            # what the run's rounds share
+               records:list[dict], # the finished round's records
+               state:LoopState     # the state of the next round
+              ):
     "Write a finished round's records and statistics, then the state of the next round: a crash before the state replays that round."
     run.store.extend(records)
     run.log.extend(state.rounds)
     state.save(run.where)
 
-def snapshot(state:LoopState) -> LoopState:
+def snapshot(state:LoopState  # the loop's state
+            ) -> LoopState:
     "A copy of `state` that the loop's later changes leave alone (its lists are copied, their items never change)."
-    return replace(state, frontier=list(state.frontier), rounds=list(state.rounds))
+    f = state.frontier
+    return replace(state, frontier=replace(f, shots=list(f.shots), level=list(f.level)), rounds=list(state.rounds))
 
-def open_run(task:Task, gen:Generator, strategy:Strategy, out, validator:Validator|None, restart:bool, settings:dict, **options) -> tuple[Run, LoopState]:
-    "The run's files opened (after removing a previous run's if `restart`), its state resumed and checked, the validator's pool filled."
+def open_run(task:Task,           # what to create
+             gen:Generator,       # the run's generator
+             strategy:Strategy,   # how shots are picked
+             out,                 # the record file (None: memory only)
+             validator:Validator, # the validator (its pool gets the file's records)
+             restart:bool,        # remove a previous run's files first
+             **options            # the other `Run` fields
+            ) -> tuple[Run, LoopState]:
+    "The run's files opened (after removing a previous run's if `restart`), its state resumed, its cost charged, the validator's pool filled."
     if restart: remove_run(out)
     store, log, where = RecordFile(out), RoundLog(rounds_path(out)), state_path(out)
     state = resume(task, strategy, store, log, options['parallel'], where)
-    check_settings(state, settings, where)
     charge_finished(gen, state)
-    validator = validator or Validator(task)
     validator.add_accepted([task.from_record(r) for r in store.records])
     return Run(task, gen, validator, strategy, store, log, where, **options), state
 
-async def run_rounds(run:Run, state:LoopState, progress:bool) -> str:
+def spent(gen:Generator  # the run's generator
+         ) -> float:
+    "What `gen` has spent so far, replies replayed from its cache included (they count against the budget)."
+    return gen.stats.usd + gen.stats.replayed_usd
+
+async def prepare(run:Run,         # what the run's rounds share
+                  state:LoopState, # the loop's state
+                  settings:dict    # the run's settings, without the conditioner's
+                 ):
+    "Let the conditioner prepare (or reuse what the state kept), then refuse a resume whose settings (the conditioner's with them) differ."
+    if run.conditioner is not None:
+        before = spent(run.gen)
+        state.prepared = await run.conditioner.aprepare(run.gen, state.prepared)
+        state.prepare_usd += spent(run.gen) - before
+        settings = {**settings, **run.conditioner.settings()}
+    check_settings(state, settings, run.where)
+
+async def run_rounds(run:Run,         # what the run's rounds share
+                     state:LoopState, # the loop's state
+                     progress:bool    # show a progress bar
+                    ) -> str:
     "Rounds until a stop criterion holds, each round's records written while the next round's requests are out; why it stopped."
     bar = tqdm(total=run.n, initial=min(len(run.store), run.n), disable=not progress, desc=f"{run.task.name} [{run.strategy.name}]", unit='ex')
     fresh, saving = [], None   # the last round's records, not yet on disk; the thread writing the ones before
     try:
         while (why := stop_reason(state, len(run.store) + len(fresh), run.gen, run.n, run.max_rounds, run.stall_rounds)) is None:
             state.running, state.count_at_start = True, len(run.store) + len(fresh)
-            saving = asyncio.create_task(asyncio.to_thread(save_round, run, fresh, snapshot(state)))  # before the tree pops its seeds
-            seeds = plan_round(state, run.strategy, run.task, requests_needed(run.n - state.count_at_start, run.per_request, run.parallel))
-            stats, fresh = await run_round(run.task, run.gen, run.validator, run.strategy, state.count_at_start, state, seeds, run.n, run.per_request, run.fmt, run.seed)
+            saving = asyncio.create_task(asyncio.to_thread(save_round, run, fresh, snapshot(state)))  # before the strategy plans
+            rng = round_rng(run.seed, state.round)
+            shots = run.strategy.plan(state.frontier, requests_needed(run.n - state.count_at_start, run.per_request, run.parallel), rng)
+            stats, fresh = await run_round(Round(run, state.round, shots, state.count_at_start, rng, state.frontier))
             await saving  # the records before this round are on disk: now they count
             bar.update(min(len(run.store), run.n) - bar.n)
             state.rounds.append(stats)
@@ -418,46 +545,78 @@ async def run_rounds(run:Run, state:LoopState, progress:bool) -> str:
 
 ROUND_COLUMNS = ['round', 'requests', 'failed', 'accepted', 'from_cache', 'surplus', 'rejected', 'tokens', 'usd', 'cached', 'llm_seconds', 'seconds', 'reasons', 'failures']
 
-def creation_result(run:Run, state:LoopState, why:str, rounds_now:int) -> CreationResult:
-    "The run's result: its records, its rounds (their rejections and failures summed up), why it stopped."
+def creation_result(run:Run,         # what the run's rounds share
+                    state:LoopState, # the loop's state
+                    why:str,         # why the loop stopped
+                    rounds_now:int   # rounds this call ran
+                   ) -> CreationResult:
+    "The run's result: its records, its rounds (their rejections and failures summed up), why it stopped, its settings."
     rounds = pd.DataFrame(state.rounds, columns=ROUND_COLUMNS)
     rejections, failures = (sum((Counter(r) for r in rounds[c]), Counter()) for c in ('reasons', 'failures'))
     return CreationResult(run.task, run.store.records, rounds.drop(columns=['reasons', 'failures']), rejections, failures, why, run.store.path,
-                          is_simulated(run.gen), rounds_now)
+                          is_simulated(run.gen), rounds_now, state.settings, state.prepare_usd)
+
+def curator_settings(curator  # a curator, or None
+                    ) -> dict|None:
+    "What decides a curator's verdicts: its settings, its judge as an endpoint identity."
+    if curator is None: return None
+    return {k: endpoint_identity(v) if isinstance(v, Generator) else v for k, v in vars(curator).items()}
+
+def run_options(task:Task,                # what to create
+                gen:Generator,            # the run's generator
+                strategy:str|Strategy,    # a strategy's name, or a strategy
+                profile:str,              # the profile's name
+                validator:Validator|None, # the validator given, or None
+                **given                   # per_request, parallel, structured as given (None: the profile's)
+               ) -> tuple[Strategy, dict, dict|None]:
+    "A run's strategy, options (the profile's, with those `given`) and response_format, all checked."
+    strat = as_strategy(strategy, profile_of(profile)['by_level'])
+    opts = profile_options(profile, isinstance(strat, Tree), **given)
+    check_profile_parts(profile, gen, strat, validator, opts['by_level'], opts['near_dup'])
+    check_counts(per_request=opts['per_request'], parallel=opts['parallel'])
+    if opts['structured'] is None: opts['structured'] = gen.server_kind == 'llama_cpp'
+    return strat, opts, adapt_response_format(response_format(task, opts['per_request']), gen.server_kind) if opts['structured'] else None
 
 async def acreate(task:Task,                 # what to create
                   n:int,                     # how many accepted examples to create
                   strategy:str|Strategy='tree', # 'naive', 'random', 'contrastive', 'similar' or 'tree'
-                  generator:Generator=None,  # the endpoint; default: `default_generator()`
+                  generator:Generator=None,  # the endpoint; default: `default_generator()` with the profile's settings
                   out=None,                  # JSONL file to write (and resume from); None: memory only
-                  per_request:int=5,         # examples asked for in one request (the paper: 5)
-                  parallel:int=8,            # requests in flight per round (chains, or tree seeds per round)
+                  per_request:int=None,      # examples asked for in one request; None: the profile's (5)
+                  parallel:int=None,         # requests in flight per round (chains, or tree shots per round); None: the profile's
                   max_rounds:int=None,       # stop after this many rounds
                   stall_rounds:int=5,        # stop after this many rounds in a row with nothing accepted
                   seed:int=42,               # seed of the strategies' random choices
-                  structured:bool=None,      # send the task's JSON Schema as response_format; default: only to llama.cpp servers
-                  validator:Validator=None,  # default: `Validator(task)`
+                  structured:bool=None,      # send the task's JSON Schema as response_format; None: the profile's (default: only to llama.cpp)
+                  validator:Validator=None,  # default: `Validator(task)` with the profile's near-duplicate threshold
                   progress:bool=True,        # show a progress bar
-                  restart:bool=False         # delete a previous run in `out` first (one this tool wrote) instead of resuming it
+                  restart:bool=False,        # delete a previous run in `out` first (one this tool wrote) instead of resuming it
+                  profile:str='default',     # 'default' (this project's choices) or 'paper' (the paper's): see `PROFILES`
+                  conditioner=None,          # e.g. `attributes.Conditioner`: each request's conditions and label targets
+                  curator=None               # e.g. `curate.Curator`: judges each reply's examples before they become records
                  ) -> CreationResult:
     "Create `n` validated examples of `task` by self-referencing rounds; resumable from `out`."
-    if generator is None:
-        with default_generator() as gen: return await acreate(task, n, strategy, gen, out, per_request, parallel, max_rounds, stall_rounds, seed, structured, validator, progress, restart)
-    check_counts(n=n, per_request=per_request, parallel=parallel); check_counts(True, max_rounds=max_rounds, stall_rounds=stall_rounds)
-    strat, structured = get_strategy(strategy) if isinstance(strategy, str) else strategy, generator.server_kind == 'llama_cpp' if structured is None else structured
-    fmt = adapt_response_format(response_format(task, per_request), generator.server_kind) if structured else None
-    settings = run_settings(task, generator, strat, structured=structured, parallel=parallel, per_request=per_request, seed=seed)
+    args = dict(locals())
+    if generator is None:   # the embedded model, with a slot for every request of a round
+        strat = as_strategy(strategy, profile_of(profile)['by_level'])
+        slots = profile_options(profile, isinstance(strat, Tree), parallel=parallel)['parallel']
+        with default_generator(slots, **profile_of(profile)['generator']) as gen: return await acreate(**{**args, 'strategy': strat, 'generator': gen})
+    strat, opts, fmt = run_options(task, generator, strategy, profile, validator, per_request=per_request, parallel=parallel, structured=structured)
+    check_counts(n=n); check_counts(True, max_rounds=max_rounds, stall_rounds=stall_rounds)
+    settings = run_settings(task, generator, strat, profile=profile, seed=seed, curator=curator_settings(curator), **opts)
     refuse_foreign(out)
     with exclusive(out):  # a second run writing the same file is refused, not interleaved
-        run, state = open_run(task, generator, strat, out, validator, restart, settings, n=n, per_request=per_request, parallel=parallel,
-                              seed=seed, fmt=fmt, max_rounds=max_rounds, stall_rounds=stall_rounds)
+        run, state = open_run(task, generator, strat, out, validator or Validator(task, opts['near_dup']), restart, n=n, per_request=opts['per_request'],
+                              parallel=opts['parallel'], seed=seed, fmt=fmt, max_rounds=max_rounds, stall_rounds=stall_rounds, style=opts['style'],
+                              conditioner=conditioner, curator=curator)
         before = len(state.rounds)
-        try: why = await run_rounds(run, state, progress)
+        try: await prepare(run, state, settings); why = await run_rounds(run, state, progress)
         finally: await generator.aclose()  # its HTTP client belongs to this event loop
         return creation_result(run, state, why, len(state.rounds) - before)
 
 # %% ../nbs/05_create.ipynb #2fd5b2b7
-def run_on_worker(coro):
+def run_on_worker(coro  # the coroutine to run
+                 ):
     "Run `coro` in its own event loop on a worker thread and wait for it; an interrupt of the caller cancels it, clean-up done."
     box, started = {}, threading.Event()
     async def main():
@@ -478,19 +637,27 @@ def run_on_worker(coro):
     if 'error' in box: raise box['error']
     return box['result']
 
-def create(task:Task, n:int, **kwargs) -> CreationResult:
+def create(task:Task, # what to create
+           n:int,     # how many accepted examples to create
+           **kwargs   # the options of `acreate`
+          ) -> CreationResult:
     "Create `n` validated examples of `task`; see `acreate` for the options."
     try: asyncio.get_running_loop()
     except RuntimeError: return asyncio.run(acreate(task, n, **kwargs))
     return run_on_worker(acreate(task, n, **kwargs))
 
 # %% ../nbs/05_create.ipynb #10a4c319
+EMBEDDED_TIMEOUT = 600.0   # seconds per request to the embedded model, unless a timeout is given
+
 @contextmanager
-def default_generator(**kwargs):
+def default_generator(slots:int=8, # requests the embedded model decodes together: the run's `parallel`
+                      **kwargs     # other `Generator` settings, e.g. temperature, cache
+                     ):
     "A generator for `$OPENAI_BASE_URL` when set, else for the embedded model, started for the block."
     if os.environ.get('OPENAI_BASE_URL'):
         yield Generator(model=os.environ.get('OPENAI_MODEL', 'gpt-3.5-turbo'), **kwargs)
         return
     from datacreator_nb.local_model import serve_model
-    with serve_model() as srv:
-        yield Generator(base_url=srv.base_url, model=srv.model, api_key='not-needed', server_kind=srv.kind, **kwargs)
+    with serve_model(slots=slots) as srv:
+        yield Generator(base_url=srv.base_url, model=srv.model, api_key='not-needed', server_kind=srv.kind,
+                        endpoint=endpoint_name(srv.model, srv.base_url, started=True), **{'timeout': EMBEDDED_TIMEOUT, **kwargs})

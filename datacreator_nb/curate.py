@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_curate.ipynb #4dd5407a
 from __future__ import annotations
-import argparse, asyncio, html, json, os, random, re, threading
+import argparse, asyncio, html, json, os, random, re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,18 +12,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fastcore.basics import patch
+
 from .task import Task, TaskError, TASK_TYPES, preset, load_task, read_jsonl
 from .prompt import messages as creation_messages, render_example
-from .generate import Generator
+from .generate import Generator, endpoint_name
+from .create import SAVE_FORMATS, jsonl_text, run_on_worker, write_atomically
 from .validate import extract_objects, normalise, normal_text, words
 from .evaluate import DownstreamModel, ngrams, record_meta
 from .local_model import adapt_response_format
 
 # %% auto #0
-__all__ = ['CURATION', 'META_PATTERNS', 'WH_WORDS', 'DANGLING', 'RUBRIC', 'JUDGEMENT_SCHEMA', 'POLICIES', 'VERDICTS', 'BANDS',
-           'curation', 'annotate', 'is_kept', 'text_keys', 'record_texts', 'gram_set', 'instruction_grams',
-           'echo_share', 'meta_text', 'label_form', 'cut_off', 'length_outlier', 'Heuristics', 'labelled_items',
-           'filter_scores', 'judge_messages', 'json_format', 'read_judgement', 'judged', 'ajudge', 'run_sync',
+__all__ = ['CURATION', 'META_PATTERNS', 'WH_WORDS', 'REQUEST_VERBS', 'DANGLING', 'RUBRIC', 'JUDGEMENT_SCHEMA', 'POLICIES',
+           'VERDICTS', 'BANDS', 'curation', 'annotate', 'is_kept', 'text_keys', 'record_texts', 'gram_set',
+           'instruction_grams', 'echo_share', 'meta_text', 'label_form', 'cut_off', 'length_outlier', 'Heuristics',
+           'labelled_items', 'filter_scores', 'judge_messages', 'json_format', 'read_judgement', 'judged', 'ajudge',
            'shown_options', 'answer_messages', 'read_vote', 'consistency', 'aself_consistency', 'label_index',
            'out_of_fold_proba', 'confident_learning', 'label_confidence', 'label_weight', 'sample_weights',
            'confidence_band', 'review_sample', 'review_frame', 'export_review', 'review_html', 'read_review', 'wilson',
@@ -33,7 +36,8 @@ __all__ = ['CURATION', 'META_PATTERNS', 'WH_WORDS', 'DANGLING', 'RUBRIC', 'JUDGE
 # %% ../nbs/07_curate.ipynb #9d80c4ae
 CURATION = '_curation'
 
-def curation(rec:dict) -> dict:
+def curation(rec:dict # a record
+            ) -> dict:
     "The `_curation` field of a record (empty when it was never curated)."
     return rec.get(CURATION) or {}
 
@@ -48,16 +52,20 @@ def annotate(rec:dict,      # a record in the paper's format
               'notes': list(dict.fromkeys([*cur.get('notes', []), *notes]))}
     return {**rec, CURATION: merged}
 
-def is_kept(rec:dict) -> bool:
+def is_kept(rec:dict # a record
+           ) -> bool:
     "Whether no curation flag drops the record."
     return not curation(rec).get('flags')
 
 # %% ../nbs/07_curate.ipynb #3883f50e
-def text_keys(task:Task) -> list[str]:
+def text_keys(task:Task # the task of the records
+             ) -> list[str]:
     "The free-text fields of the task's examples: string fields other than the answer and the options."
     return [k for k, v in task.example.items() if isinstance(v, str) and k not in (task.answer_key, task.options_key)]
 
-def record_texts(task:Task, rec:dict) -> dict:
+def record_texts(task:Task, # the task of the record
+                 rec:dict   # a record
+                ) -> dict:
     "The free-text fields of a record that hold a string."
     return {k: rec[k] for k in text_keys(task) if isinstance(rec.get(k), str)}
 
@@ -68,7 +76,9 @@ def _strings(value) -> list[str]:
     if isinstance(value, dict): value = list(value.values())
     return [s for v in value for s in _strings(v)] if isinstance(value, list) else []
 
-def gram_set(text:str, n:int=3) -> set:
+def gram_set(text:str, # any text
+             n:int=3    # n-gram order
+            ) -> set:
     "The word n-grams of `text`."
     return set(ngrams(words(text), n))
 
@@ -80,7 +90,10 @@ def instruction_grams(msgs:list[dict], # the chat messages a model received
     shown = ' '.join(s for obj in extract_objects(text)[0] for s in _strings(obj))
     return gram_set(text, n) - gram_set(shown, n)
 
-def echo_share(text:str, instr:set, n:int=3) -> float:
+def echo_share(text:str,  # a text field of a record
+               instr:set,  # `instruction_grams` of the request
+               n:int=3     # n-gram order, as in `instr`
+              ) -> float:
     "Share of the word n-grams of `text` that are n-grams of the instructions."
     grams = gram_set(text, n)
     return len(grams & instr) / len(grams) if grams else 0.0
@@ -94,19 +107,27 @@ META_PATTERNS = (r'\bjson\b', r'[{}]', r'"\s*:', r'\bhere (?:are|is)\b', r'\blet
                  r'\?\s*(?:\d\.\s*)?(?:yes|no|true|false)\b', r'\b(?:is|are) (?:this|that|it) (?:true|false|correct|right|wrong)\b(?!\s+that)')
 _META = re.compile('|'.join(META_PATTERNS), re.IGNORECASE)
 
-def meta_text(text:str) -> str|None:
+def meta_text(text:str # a text field of a record
+             ) -> str|None:
     "'meta_text' when `text` talks about JSON, examples, answers or the request instead of being an example."
     return 'meta_text' if _META.search(text) else None
 
 # %% ../nbs/07_curate.ipynb #d4c32e2c
 WH_WORDS = ('what', 'which', 'who', 'whom', 'whose', 'where', 'when', 'why', 'how')
+REQUEST_VERBS = ('name', 'list', 'tell', 'explain', 'describe', 'give', 'write', 'create', 'define', 'compare', 'identify',
+                 'summarize', 'summarise', 'calculate', 'provide', 'show')
+_EITHER_OR = re.compile(r'\bor (?!not\b)(?:an? |the )?[\w-]+(?: [\w-]+)?\s*\?\s*$', re.IGNORECASE)
 
 def _yes_no_form(question:str) -> str|None:
-    "'wh_question' when `question` opens with a wh-word and is not a statement."
+    "Why `question` has no True/False answer (a wh-question, an either-or question, a request); None when it can have one."
     first = (words(question) or [''])[0]
-    return 'wh_question' if first in WH_WORDS and not question.rstrip().endswith(('.', '!')) else None
+    if first in WH_WORDS and not question.rstrip().endswith(('.', '!')): return 'wh_question'
+    if _EITHER_OR.search(question): return 'either_or_question'
+    return 'request' if first in REQUEST_VERBS else None
 
-def label_form(task:Task, rec:dict) -> str|None:
+def label_form(task:Task, # the task of the record
+               rec:dict   # a record in the paper's format
+              ) -> str|None:
     "Why the record's form cannot carry the task's label space, as a reason code; None when it can."
     ls, label, opts = task.label_space, rec.get('label'), rec.get(task.options_key)
     texts = list(record_texts(task, rec).values())
@@ -121,7 +142,8 @@ def label_form(task:Task, rec:dict) -> str|None:
 DANGLING = set("a an the of to in on at by for with from and or but nor if than that as into about is are was were be been "
                "its their his her my your our this these those which who whose".split())
 
-def cut_off(text:str) -> str|None:
+def cut_off(text:str # a text field of a record
+           ) -> str|None:
     "'cut_off' when `text` stops mid-sentence: on a dangling word or mark, or with a bracket or quote left open."
     t = text.rstrip()
     if not t: return None
@@ -152,18 +174,22 @@ class Heuristics:
         self.instr = instruction_grams(msgs or creation_messages(task))
         self.reference = {k: len(words(v)) for k, v in record_texts(task, task.example).items()}
 
-    def flags(self, rec:dict) -> list[str]:
-        "The reason codes of every check the record fails, in a fixed order."
-        texts = record_texts(self.task, rec)
-        out = ['prompt_echo'] if any(echo_share(t, self.instr) >= self.echo_limit for t in texts.values()) else []
-        out += [meta_text(t) for t in texts.values()] + [label_form(self.task, rec)] + [cut_off(t) for t in texts.values()]
-        first = next(iter(self.reference), None)
-        if first in texts: out.append(length_outlier(len(words(texts[first])), self.reference[first], self.length_factor))
-        return list(dict.fromkeys(f for f in out if f))
+@patch
+def flags(self:Heuristics, rec:dict # a record in the paper's format
+         ) -> list[str]:
+    "The reason codes of every check the record fails, in a fixed order."
+    texts = record_texts(self.task, rec)
+    out = ['prompt_echo'] if any(echo_share(t, self.instr) >= self.echo_limit for t in texts.values()) else []
+    out += [meta_text(t) for t in texts.values()] + [label_form(self.task, rec)] + [cut_off(t) for t in texts.values()]
+    first = next(iter(self.reference), None)
+    if first in texts: out.append(length_outlier(len(words(texts[first])), self.reference[first], self.length_factor))
+    return list(dict.fromkeys(f for f in out if f))
 
-    def __call__(self, records:list[dict]) -> list[dict]:
-        "The records, each annotated with the flags of the checks it fails."
-        return [annotate(r, self.flags(r)) for r in records]
+@patch
+def __call__(self:Heuristics, records:list[dict] # records in the paper's format
+            ) -> list[dict]:
+    "The records, each annotated with the flags of the checks it fails."
+    return [annotate(r, self.flags(r)) for r in records]
 
 # %% ../nbs/07_curate.ipynb #d51c4fbd
 def labelled_items() -> pd.DataFrame:
@@ -171,7 +197,8 @@ def labelled_items() -> pd.DataFrame:
     from datacreator_nb.task import data_path
     return pd.DataFrame(read_jsonl(data_path('curation', 'labelled.jsonl')))
 
-def filter_scores(items:pd.DataFrame) -> pd.DataFrame:
+def filter_scores(items:pd.DataFrame # `labelled_items()`: task_type, record, junk
+                 ) -> pd.DataFrame:
     "Per task type and kind (junk or human): items, and the share the heuristic filters drop."
     flags = [Heuristics(preset(tt)).flags(rec) for tt, rec in zip(items['task_type'], items['record'])]
     df = items.assign(flags=flags, dropped=[bool(f) for f in flags], kind=items['junk'].map({True: 'junk', False: 'human'}))
@@ -190,20 +217,26 @@ JUDGEMENT_SCHEMA = {"type": "object", "additionalProperties": False, "required":
                     "properties": {"score": {"type": "integer", "minimum": 1, "maximum": 5},
                                    "label_correct": {"type": "boolean"}, "reason": {"type": "string"}}}
 
-def judge_messages(task:Task, rec:dict) -> list[dict]:
+def judge_messages(task:Task, # the task of the record
+                   rec:dict   # the record to judge
+                  ) -> list[dict]:
     "Chat messages asking a judge to score `rec` and check its label."
     system = (f"You judge training examples of this task: {task.instruction}\n\n{RUBRIC}\n\n"
               'Reply with one JSON object: {"score": 1-5, "label_correct": true or false, "reason": "one sentence"}.')
     return [{"role": "system", "content": system}, {"role": "user", "content": "The example:\n" + render_example(task.from_record(rec))}]
 
-def json_format(name:str, schema:dict, server_kind:str='openai') -> dict:
+def json_format(name:str,                # the format's name
+                schema:dict,             # JSON Schema of the reply
+                server_kind:str='openai' # 'openai' or 'llama_cpp': which form the endpoint enforces
+               ) -> dict:
     "A `response_format` asking for JSON that fits `schema`, in the form `server_kind` enforces."
     return adapt_response_format({"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": False}}, server_kind)
 
 # %% ../nbs/07_curate.ipynb #30ef70bc
 _BOOL_TEXT = {'true': True, 'false': False, 'yes': True, 'no': False}
 
-def read_judgement(text:str) -> dict|None:
+def read_judgement(text:str # a judge's reply
+                  ) -> dict|None:
     "The judgement in a judge's reply, or None when it holds none that fits the schema."
     for obj in extract_objects(text)[0]:
         score, ok = obj.get('score'), obj.get('label_correct')
@@ -212,7 +245,10 @@ def read_judgement(text:str) -> dict|None:
             return {'score': float(score), 'label_correct': ok, 'reason': str(obj.get('reason', ''))}
     return None
 
-def judged(rec:dict, reply, threshold:float=3.0) -> dict:
+def judged(rec:dict,            # the judged record
+           reply,               # the judge's Completion, or a Failure
+           threshold:float=3.0  # scores below this flag 'judge_low_score'
+          ) -> dict:
     "`rec` annotated with the judge's reply (a Completion or a Failure)."
     if not reply.ok: return annotate(rec, notes=['judge_failed'], judge_error=reply.reason)
     j = read_judgement(reply.text)
@@ -230,29 +266,22 @@ async def ajudge(task:Task,            # the task of the records
     replies = await judge.complete_many([judge_messages(task, r) for r in records], response_format=fmt)
     return [judged(r, reply, threshold) for r, reply in zip(records, replies)]
 
-# %% ../nbs/07_curate.ipynb #29222483
-def run_sync(coro):
-    "Run a coroutine to its end from sync code, also where an event loop already runs (Jupyter)."
-    try: asyncio.get_running_loop()
-    except RuntimeError: return asyncio.run(coro)
-    box = {}
-    def work():
-        try: box['out'] = asyncio.run(coro)
-        except BaseException as e: box['err'] = e
-    t = threading.Thread(target=work); t.start(); t.join()
-    if 'err' in box: raise box['err']
-    return box['out']
-
 # %% ../nbs/07_curate.ipynb #748aa377
 POLICIES = ('drop', 'relabel', 'weight')
 
-def shown_options(task:Task, rec:dict, rng:random.Random) -> list:
+def shown_options(task:Task,         # the task of the record
+                  rec:dict,          # a record
+                  rng:random.Random  # decides the order
+                 ) -> list:
     "The record's options in a random order (the fixed options for a fixed label space)."
     ls = task.label_space
     opts = list(ls.options) if ls.kind == 'fixed' else list(rec.get(task.options_key) or [])
     return rng.sample(opts, len(opts))
 
-def answer_messages(task:Task, rec:dict, options:list) -> list[dict]:
+def answer_messages(task:Task,    # the task of the record
+                    rec:dict,     # the record to answer, its label not shown
+                    options:list  # its options in the order shown
+                   ) -> list[dict]:
     "Chat messages asking for the answer to `rec` among `options`, without its label."
     ex = {k: (options if k == task.options_key else v) for k, v in task.from_record(rec).items() if k != task.answer_key}
     how = ("true or false" if task.label_space.boolean else
@@ -260,7 +289,10 @@ def answer_messages(task:Task, rec:dict, options:list) -> list[dict]:
     system = f'Task: {task.instruction}\nAnswer the question of the example. Reply with one JSON object {{"{task.answer_key}": ...}}: {how}.'
     return [{"role": "system", "content": system}, {"role": "user", "content": render_example(ex)}]
 
-def read_vote(task:Task, text:str, options:list):
+def read_vote(task:Task,   # the task of the record
+              text:str,    # the judge's answer
+              options:list # the options in the order they were shown
+             ):
     "The label an answer names (mapped back from an option's text or letter), or None."
     values = [o[task.answer_key] for o in extract_objects(text)[0] if task.answer_key in o] or [text.strip()]
     for v in values:
@@ -269,7 +301,11 @@ def read_vote(task:Task, text:str, options:list):
     return None
 
 # %% ../nbs/07_curate.ipynb #1881c197
-def consistency(rec:dict, votes:list, policy:str='drop', min_confidence:float=0.5) -> dict:
+def consistency(rec:dict,                 # the record
+                votes:list,               # the labels the judge answered (None: unreadable)
+                policy:str='drop',        # 'drop', 'relabel' or 'weight'
+                min_confidence:float=0.5  # below this share of agreeing answers a label is doubtful
+               ) -> dict:
     "`rec` annotated with its votes, the label's confidence and the policy's verdict."
     valid = [v for v in votes if v is not None]
     if not valid: return annotate(rec, notes=['no_votes'], votes=votes)
@@ -280,8 +316,14 @@ def consistency(rec:dict, votes:list, policy:str='drop', min_confidence:float=0.
     flags = ['label_disagrees'] if policy == 'drop' and conf < min_confidence else []
     return annotate(rec, flags, votes=votes, confidence=conf)
 
-async def aself_consistency(task:Task, records:list[dict], judge:Generator, k:int=5, policy:str='drop',
-                            min_confidence:float=0.5, seed:int=0) -> list[dict]:
+async def aself_consistency(task:Task,               # the task of the records
+                            records:list[dict],      # records to answer label-blind
+                            judge:Generator,         # the answering endpoint and model
+                            k:int=5,                 # answers per record
+                            policy:str='drop',       # 'drop', 'relabel' or 'weight'
+                            min_confidence:float=0.5, # below this share of agreeing answers a label is doubtful
+                            seed:int=0               # option shuffles
+                           ) -> list[dict]:
     "The records, each annotated with `k` label-blind answers of the judge and the policy's verdict."
     if policy not in POLICIES: raise TaskError(f"must be one of {POLICIES}, got {policy!r}", 'policy')
     shown = [shown_options(task, r, random.Random(f"{seed}:{i}:{s}")) for i, r in enumerate(records) for s in range(k)]
@@ -294,7 +336,9 @@ async def aself_consistency(task:Task, records:list[dict], judge:Generator, k:in
     return [consistency(r, votes[i * k:(i + 1) * k], policy, min_confidence) for i, r in enumerate(records)]
 
 # %% ../nbs/07_curate.ipynb #acae7a87
-def label_index(task:Task, rec:dict) -> int:
+def label_index(task:Task, # the task of the record
+                rec:dict   # a record with a label
+               ) -> int:
     "The class of the record's label: its position in [True, False] (fixed labels) or among its options."
     space = task.label_space.labels or rec[task.options_key]
     return space.index(rec['label'])
@@ -315,7 +359,12 @@ def out_of_fold_proba(task:Task,          # the task of the records
     return proba
 
 # %% ../nbs/07_curate.ipynb #2b443791
-def confident_learning(task:Task, records:list[dict], folds:int=5, seed:int=0, embedder=None) -> list[dict]:
+def confident_learning(task:Task,          # the task of the records
+                       records:list[dict], # records with labels
+                       folds:int=5,        # each record is scored by a model trained on the other folds
+                       seed:int=0,         # fold split and model seed
+                       embedder=None       # the downstream model's text vectors; default: `embed.default_embedder()`
+                      ) -> list[dict]:
     "The records annotated by cleanlab: flag 'cleanlab_issue' and the label's quality score in [0, 1]."
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
@@ -328,18 +377,23 @@ def confident_learning(task:Task, records:list[dict], folds:int=5, seed:int=0, e
     return [annotate(r, ['cleanlab_issue'] if bad else [], cleanlab_quality=float(q)) for r, bad, q in zip(records, issues, quality)]
 
 # %% ../nbs/07_curate.ipynb #4a6e2f86
-def label_confidence(rec:dict) -> float|None:
+def label_confidence(rec:dict # a curated record
+                    ) -> float|None:
     "The label's confidence: the lowest of the self-consistency share and cleanlab's quality, None if neither."
     cur = curation(rec)
     vals = [cur[k] for k in ('confidence', 'cleanlab_quality') if cur.get(k) is not None]
     return min(vals) if vals else None
 
-def label_weight(rec:dict, floor:float=0.1) -> float:
+def label_weight(rec:dict,         # a curated record
+                 floor:float=0.1   # the least weight
+                ) -> float:
     "How much a record should count in training: its label's confidence, at least `floor`; 1 when unknown."
     c = label_confidence(rec)
     return 1.0 if c is None else max(floor, c)
 
-def sample_weights(records:list[dict], floor:float=0.1) -> np.ndarray:
+def sample_weights(records:list[dict], # curated records
+                   floor:float=0.1     # the least weight before scaling
+                  ) -> np.ndarray:
     "The records' label weights scaled to mean 1, for `DownstreamModel.fit(records, sample_weight=...)`."
     w = np.array([label_weight(r, floor) for r in records])
     return w / w.mean() if len(w) else w
@@ -348,14 +402,18 @@ def sample_weights(records:list[dict], floor:float=0.1) -> np.ndarray:
 VERDICTS = ('correct', 'wrong', 'unsure')
 BANDS = (0.0, 0.5, 0.8, 1.0)
 
-def confidence_band(rec:dict) -> str:
+def confidence_band(rec:dict # a curated record
+                   ) -> str:
     "The record's confidence band, e.g. '0.5-0.8', or 'unknown'."
     c = label_confidence(rec)
     if c is None: return 'unknown'
     lo = max(b for b in BANDS[:-1] if c >= b)
     return f"{lo}-{BANDS[BANDS.index(lo) + 1]}"
 
-def review_sample(records:list[dict], n:int=60, seed:int=0) -> list[int]:
+def review_sample(records:list[dict], # curated records
+                  n:int=60,           # items to draw
+                  seed:int=0          # the draw's seed
+                 ) -> list[int]:
     "Indices of `n` records drawn per confidence band in proportion to its size (largest remainders first)."
     bands = pd.Series([confidence_band(r) for r in records])
     share = bands.value_counts().sort_index() * min(n, len(records)) / len(records)
@@ -365,7 +423,11 @@ def review_sample(records:list[dict], n:int=60, seed:int=0) -> list[int]:
     return sorted(int(i) for b, k in take.items() for i in rng.choice(np.flatnonzero(bands == b), k, replace=False))
 
 # %% ../nbs/07_curate.ipynb #0cb5666d
-def review_frame(records:list[dict], dataset:str='data', n:int=60, seed:int=0) -> pd.DataFrame:
+def review_frame(records:list[dict], # curated records
+                 dataset:str='data', # the data set's name, a column of the sheet
+                 n:int=60,           # items to review
+                 seed:int=0          # the draw's seed
+                ) -> pd.DataFrame:
     "The review sheet of a sample of `records`: one row per item, `verdict` and `comment` to fill in."
     rows = [{'item': i, 'dataset': dataset, 'strategy': record_meta(r, 'strategy', ''), 'band': confidence_band(r),
              'confidence': label_confidence(r), 'question': r.get('question'), 'context': r.get('context') or '',
@@ -373,7 +435,12 @@ def review_frame(records:list[dict], dataset:str='data', n:int=60, seed:int=0) -
             for i, r in ((i, records[i]) for i in review_sample(records, n, seed))]
     return pd.DataFrame(rows)
 
-def export_review(records:list[dict], path, dataset:str='data', n:int=60, seed:int=0) -> tuple[Path, Path]:
+def export_review(records:list[dict], # curated records
+                  path,               # where to write, without suffix
+                  dataset:str='data', # the data set's name, a column of the sheet
+                  n:int=60,           # items to review
+                  seed:int=0          # the draw's seed
+                 ) -> tuple[Path, Path]:
     "Write the review sheet as `path`.csv and `path`.html; both paths."
     sheet, path = review_frame(records, dataset, n, seed), Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -402,7 +469,9 @@ def _review_row(i:int, r:dict) -> str:
     return (f'<tr><td>{r["item"]}</td><td><p>{html.escape(str(r["question"]))}</p>{ctx}<p>options: {html.escape(r["options"])}</p></td>'
             f'<td><b>{html.escape(r["label"])}</b></td><td>{r["band"]}</td><td>{choices}<br><input id="c{i}" placeholder="comment"></td></tr>')
 
-def review_html(sheet:pd.DataFrame, name:str='review.csv') -> str:
+def review_html(sheet:pd.DataFrame,    # `review_frame(...)`
+                name:str='review.csv' # file name of the downloaded verdicts
+               ) -> str:
     "A self-contained page to review `sheet` in a browser; its button downloads the verdicts as `name`."
     data = json.dumps(sheet.astype(object).where(sheet.notna(), None).to_dict('records')).replace('</', '<\\/')
     body = '\n'.join(_review_row(i, r) for i, r in enumerate(sheet.to_dict('records')))
@@ -414,7 +483,8 @@ def review_html(sheet:pd.DataFrame, name:str='review.csv') -> str:
             f'<script>{_PAGE_SCRIPT}</script></body></html>')
 
 # %% ../nbs/07_curate.ipynb #f4b2b33a
-def read_review(path) -> pd.DataFrame:
+def read_review(path # a filled-in review sheet (CSV)
+               ) -> pd.DataFrame:
     "A filled-in review sheet; a verdict that is not correct, wrong, unsure or empty is refused with its row."
     df = pd.read_csv(path, keep_default_na=False, dtype={'verdict': str, 'strategy': str, 'dataset': str})
     for col in ('item', 'dataset', 'verdict'):
@@ -424,14 +494,19 @@ def read_review(path) -> pd.DataFrame:
     if len(bad): raise TaskError(f"unknown verdict {df.at[bad[0], 'verdict']!r}; use one of {VERDICTS} or leave it empty", 'verdict', f"{path}:{bad[0] + 2}")
     return df
 
-def wilson(k:int, n:int, level:float=0.95) -> tuple[float, float]:
+def wilson(k:int,           # successes
+           n:int,           # trials
+           level:float=0.95 # confidence level
+          ) -> tuple[float, float]:
     "Wilson score interval of a share of `k` in `n` (NaN, NaN when n is 0)."
     from scipy.stats import binomtest
     if n == 0: return float('nan'), float('nan')
     ci = binomtest(k, n).proportion_ci(confidence_level=level, method='wilson')
     return float(ci.low), float(ci.high)
 
-def label_accuracy(review:pd.DataFrame, by=('dataset', 'strategy')) -> pd.DataFrame:
+def label_accuracy(review:pd.DataFrame,        # `read_review(...)`
+                   by=('dataset', 'strategy')  # columns to group by
+                  ) -> pd.DataFrame:
     "Share of correct labels among the judged items (correct or wrong) of each group, with its Wilson interval."
     v = review['verdict']
     counts = review.assign(judged=v.isin(('correct', 'wrong')), correct=v.eq('correct'), unsure=v.eq('unsure'))
@@ -476,23 +551,28 @@ class Curator:
     length_factor:float=4.0    # how many times shorter or longer than the example is an outlier
     seed:int=0                 # option shuffles, folds
 
-    async def acurate(self, task:Task, records:list[dict], msgs:list[dict]=None) -> CurationResult:
-        "Curate `records` of `task`, created from `msgs` (default: the task's prompt)."
-        recs = Heuristics(task, msgs, self.echo_limit, self.length_factor)(records)
-        if self.judge is not None: recs = await self._judged(task, recs, lambda rs: ajudge(task, rs, self.judge, self.threshold))
-        if self.judge is not None and self.k: recs = await self._judged(task, recs, lambda rs: aself_consistency(
-            task, rs, self.judge, self.k, self.policy, self.min_confidence, self.seed))
-        if self.cleanlab: recs = await self._judged(task, recs, lambda rs: asyncio.to_thread(confident_learning, task, rs, seed=self.seed))
-        recs = [annotate(r, weight=label_weight(r)) for r in recs]
-        return CurationResult(recs, self.judge.model if self.judge else '')
+@patch
+async def _judged(self:Curator, recs:list[dict], step) -> list[dict]:
+    "`recs` with the kept ones replaced by what the async `step` makes of them."
+    idx = [i for i, r in enumerate(recs) if is_kept(r)]
+    done = await step([recs[i] for i in idx]) if idx else []
+    out = list(recs)
+    for i, r in zip(idx, done): out[i] = r
+    return out
 
-    async def _judged(self, task:Task, recs:list[dict], step) -> list[dict]:
-        "`recs` with the kept ones replaced by what the async `step` makes of them."
-        idx = [i for i, r in enumerate(recs) if is_kept(r)]
-        done = await step([recs[i] for i in idx]) if idx else []
-        out = list(recs)
-        for i, r in zip(idx, done): out[i] = r
-        return out
+@patch
+async def acurate(self:Curator, task:Task, # the task of the records
+                  records:list[dict],      # records in the paper's format
+                  msgs:list[dict]=None     # messages the creator received; default: the task's prompt
+                 ) -> CurationResult:
+    "Curate `records` of `task`, created from `msgs` (default: the task's prompt): the stages in order, each on the records still kept."
+    recs = Heuristics(task, msgs, self.echo_limit, self.length_factor)(records)
+    if self.judge is not None: recs = await self._judged(recs, lambda rs: ajudge(task, rs, self.judge, self.threshold))
+    if self.judge is not None and self.k: recs = await self._judged(recs, lambda rs: aself_consistency(
+        task, rs, self.judge, self.k, self.policy, self.min_confidence, self.seed))
+    if self.cleanlab: recs = await self._judged(recs, lambda rs: asyncio.to_thread(confident_learning, task, rs, seed=self.seed))
+    recs = [annotate(r, weight=label_weight(r)) for r in recs]
+    return CurationResult(recs, self.judge.model if self.judge else '')
 
 # %% ../nbs/07_curate.ipynb #04f8da97
 def curate_records(task:Task,              # the task of the records
@@ -506,7 +586,7 @@ def curate_records(task:Task,              # the task of the records
         try: return await Curator(judge, **settings).acurate(task, records, msgs)
         finally:
             if judge is not None: await judge.aclose()
-    return run_sync(go())
+    return run_on_worker(go())
 
 # %% ../nbs/07_curate.ipynb #920bf146
 _JSON_COLUMNS = ('options', '_meta', CURATION)
@@ -517,7 +597,8 @@ def _cell(v):
     if isinstance(v, float) and np.isnan(v): return None
     return v
 
-def read_records(path) -> list[dict]:
+def read_records(path # a .jsonl, .csv or .parquet file
+                ) -> list[dict]:
     "The records of a .jsonl, .csv or .parquet file."
     path = Path(path)
     if path.suffix == '.jsonl': return read_jsonl(path)
@@ -529,21 +610,23 @@ def read_records(path) -> list[dict]:
              if not (k in _JSON_COLUMNS and v is None)} for r in recs]   # a record without _meta or _curation stays without
     return [{**r, 'label': r['label'] == 'True'} if r.get('options') == ['True', 'False'] and r.get('label') in ('True', 'False') else r for r in recs]
 
-def write_records(path, records:list[dict]) -> Path:
-    "Write records as .jsonl, .csv or .parquet (by suffix); lists and objects become JSON text in CSV, objects in parquet."
+def write_records(path,              # .jsonl, .csv or .parquet
+                  records:list[dict]  # records to write
+                 ) -> Path:
+    "Write records by the path's suffix, JSONL and CSV atomically (`create`'s writer); lists and objects become JSON text in CSV, objects in parquet."
     path = Path(path)
+    if path.suffix not in SAVE_FORMATS: raise TaskError(f"unknown format {path.suffix!r}: use .jsonl, .csv or .parquet", where=str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == '.jsonl':
-        path.write_text(''.join(json.dumps(r, ensure_ascii=False) + '\n' for r in records), encoding='utf-8'); return path
+    if path.suffix == '.jsonl': write_atomically(path, jsonl_text(records)); return path
     nested = (dict, list) if path.suffix == '.csv' else (dict,)
     df = pd.DataFrame([{k: json.dumps(v) if isinstance(v, nested) else v for k, v in r.items()} for r in records])
-    if path.suffix == '.csv': df.to_csv(path, index=False)
-    elif path.suffix == '.parquet': df.to_parquet(path, index=False)
-    else: raise TaskError(f"unknown format {path.suffix!r}: use .jsonl, .csv or .parquet", where=str(path))
+    if path.suffix == '.csv': write_atomically(path, df.to_csv(index=False))
+    else: df.to_parquet(path, index=False)
     return path
 
 # %% ../nbs/07_curate.ipynb #8cb3cfd2
-def infer_task(records:list[dict]) -> Task:
+def infer_task(records:list[dict] # records in the paper's format
+              ) -> Task:
     "The paper's task type that fits the records: yes/no with or without context, or 2- or 5-option choice."
     first = next((r for r in records if isinstance(r.get('options'), list)), None)
     if first is None: raise TaskError("cannot tell the task from records without options: give --task", 'options')
@@ -552,13 +635,16 @@ def infer_task(records:list[dict]) -> Task:
     if tt not in TASK_TYPES: raise TaskError(f"{len(first['options'])} options fit none of the paper's task types: give --task", 'options')
     return preset(tt)
 
-def task_of(spec:str|None, records:list[dict]) -> Task:
+def task_of(spec:str|None,       # a task file or a task type; None: inferred
+            records:list[dict]    # the records, to infer it from
+           ) -> Task:
     "The task named by `spec` (a task file or a task type), else the one the records fit."
     if spec is None: return infer_task(records)
     return preset(spec) if spec in TASK_TYPES else load_task(spec)
 
 # %% ../nbs/07_curate.ipynb #c78f9e6f
-def add_curate_command(subparsers):
+def add_curate_command(subparsers # `argparse` subparsers of the `datacreator` command
+                      ):
     "Add `curate IN OUT` to the `datacreator` subcommands."
     c = subparsers.add_parser('curate', help='judge the records of a file: heuristics, an LLM judge, self-consistency, cleanlab')
     c.add_argument('input', help='records: .jsonl, .csv or .parquet'); c.add_argument('output', help='kept records: .jsonl, .csv or .parquet')
@@ -580,7 +666,8 @@ def add_curate_command(subparsers):
 from contextlib import contextmanager
 
 @contextmanager
-def judge_from_args(args):
+def judge_from_args(args # the parsed `curate` arguments
+                   ):
     "The judge `Generator` the arguments ask for (None without `--judge-base-url`), its model server started for the block."
     if not args.judge_base_url: yield None; return
     opts = dict(budget_usd=args.budget_usd, concurrency=args.concurrency, temperature=0.7,
@@ -589,9 +676,11 @@ def judge_from_args(args):
         yield Generator(model=args.judge_model, base_url=args.judge_base_url, api_key=os.environ.get(args.judge_api_key_env) or 'not-needed', **opts)
         return
     from datacreator_nb.local_model import serve_model
-    with serve_model() as srv: yield Generator(model=srv.model, base_url=srv.base_url, server_kind=srv.kind, **opts)
+    with serve_model() as srv:   # a new port every run: named by its model, so the judge's cache serves a re-run
+        yield Generator(model=srv.model, base_url=srv.base_url, server_kind=srv.kind, endpoint=endpoint_name(srv.model, srv.base_url, started=True), **opts)
 
-def cmd_curate(args) -> int:
+def cmd_curate(args # the parsed `curate` arguments
+              ) -> int:
     "Curate a record file from the command line; the kept records to OUTPUT, the dropped ones beside it."
     for name in ('k', 'concurrency'):
         if getattr(args, name) < (0 if name == 'k' else 1): raise TaskError(f"too small: {getattr(args, name)}", f"--{name}")

@@ -93,6 +93,7 @@ def default_embedder():
         warnings.warn(f"sentence embeddings unavailable ({e}); comparing texts by hashed TF-IDF words instead", stacklevel=2)
         return HashingEmbedder()
 
-def embedder_name(embedder) -> str:
+def embedder_name(embedder # anything with `transform(texts)`
+                 ) -> str:
     "A short name of an embedder, for reports."
     return getattr(embedder, 'name', type(embedder).__name__)

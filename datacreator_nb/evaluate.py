@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_evaluate.ipynb #03528fa7
 from __future__ import annotations
-import math, random, re
+import math, random
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -17,18 +17,19 @@ from fastcore.basics import patch
 
 from .task import data_path, read_jsonl, TASK_TYPES
 from .sampling import HashingEmbedder, VectorCache
+from .validate import words
 from .embed import default_embedder, embedder_name
 
 # %% auto #0
-__all__ = ['META_KEYS', 'PAPER_DATASETS', 'record_meta', 'record_text', 'words', 'ngrams', 'vocabulary_size', 'distinct_n',
+__all__ = ['NOT_CONTENT', 'PAPER_DATASETS', 'record_meta', 'record_text', 'ngrams', 'vocabulary_size', 'distinct_n',
            'comparison_vectors', 'mean_pairwise_similarity', 'seed_distance', 'drift_table', 'drift_by_round',
            'label_counts', 'entropy_bits', 'label_shares', 'length_stats', 'DiversityReport', 'diversity_report',
-           'compare_reports', 'is_multiple_choice', 'pair_features', 'DownstreamModel', 'separable_records',
-           'downstream_eval', 'ood_partners', 'relative_gap', 'accuracy_table', 'plot_accuracy', 'plot_drift',
-           'plot_cost', 'plot_rejections']
+           'compare_reports', 'is_multiple_choice', 'pair_features', 'NothingToLearn', 'DownstreamModel',
+           'separable_records', 'downstream_eval', 'ood_partners', 'relative_gap', 'accuracy_table', 'plot_accuracy',
+           'plot_drift', 'plot_cost', 'plot_rejections', 'evaluate_sets']
 
 # %% ../nbs/06_evaluate.ipynb #b874c92a
-META_KEYS = ('label', 'options', 'round', 'parent', 'depth', 'strategy', 'model', 'id', '_meta')
+NOT_CONTENT = ('label', 'options', '_meta')  # the answer, the choices and the provenance: what a record's text leaves out
 
 def record_meta(rec:dict,     # a created record: provenance in its `_meta` object, or (older files) at the top level
                 key:str,      # e.g. 'round', 'strategy', 'parent'
@@ -39,22 +40,21 @@ def record_meta(rec:dict,     # a created record: provenance in its `_meta` obje
     return meta[key] if isinstance(meta, dict) and key in meta else rec.get(key, default)
 
 def record_text(rec:dict,          # a record in the paper's format, or any other JSON object
-                fields:tuple=None  # which fields to join; default: every string field that is not label, options or provenance
+                fields:tuple=None  # which fields to join; default: every string field but the label, the options and `_meta`
                ) -> str:
     "The written content of a record, its text fields joined by spaces."
-    keys = fields or [k for k in rec if k not in META_KEYS]
+    keys = fields or [k for k in rec if k not in NOT_CONTENT]
     return ' '.join(rec[k] for k in keys if isinstance(rec.get(k), str))
 
-def words(text:str) -> list[str]:
-    "Lower-cased word tokens of `text`."
-    return re.findall(r"[a-z0-9]+(?:'[a-z]+)?", text.lower())
-
 # %% ../nbs/06_evaluate.ipynb #9d0db749
-def ngrams(tokens:list, n:int) -> list[tuple]:
+def ngrams(tokens:list, # a text's tokens, in order
+           n:int         # n-gram order
+          ) -> list[tuple]:
     "The n-grams of a token list."
     return list(zip(*(tokens[i:] for i in range(n))))
 
-def vocabulary_size(texts:list[str]) -> int:
+def vocabulary_size(texts:list[str] # the texts of a data set
+                   ) -> int:
     "Number of different words in `texts`."
     return len({w for t in texts for w in words(t)})
 
@@ -116,12 +116,16 @@ def drift_table(created:dict,  # {strategy name: created records (round in `_met
     if not frames: return pd.DataFrame(columns=['strategy', 'round', 'n', 'drift'])
     return pd.concat(frames).groupby(['strategy', 'round'], sort=False)['drift'].agg(n='size', drift='mean').reset_index()
 
-def drift_by_round(records:list[dict], seed, embedder=None) -> pd.DataFrame:
+def drift_by_round(records:list[dict], # created records (round in `_meta` or at the top level)
+                   seed,               # the seed formatting example: a record or its text
+                   embedder=None       # default: `embed.default_embedder()`
+                  ) -> pd.DataFrame:
     "Mean cosine distance to `seed` of each round's examples (columns round, n, drift)."
     return drift_table({'': records}, seed, embedder).drop(columns='strategy')
 
 # %% ../nbs/06_evaluate.ipynb #2bddffc7
-def label_counts(records:list[dict]) -> Counter:
+def label_counts(records:list[dict] # records with `label` and `options`
+                ) -> Counter:
     "Count of each label, or of each correct option's position when options differ between records."
     fixed = len({tuple(r['options']) for r in records if r.get('options')}) <= 1
     def key(r):
@@ -130,12 +134,14 @@ def label_counts(records:list[dict]) -> Counter:
         return f"option {opts.index(lab) + 1}"
     return Counter(key(r) for r in records)
 
-def entropy_bits(counts) -> float:
+def entropy_bits(counts # {value: count}, e.g. from `label_counts`
+                ) -> float:
     "Shannon entropy, in bits, of the distribution given by `counts`."
     total = sum(counts.values())
     return max(0.0, -sum(c / total * math.log2(c / total) for c in counts.values() if c)) if total else 0.0
 
-def label_shares(records:list[dict]) -> dict:
+def label_shares(records:list[dict] # records with `label` and `options`
+                ) -> dict:
     "Share of each label (or correct-option position), largest first."
     counts = label_counts(records)
     total = sum(counts.values())
@@ -168,18 +174,21 @@ class DiversityReport:
     lengths:pd.DataFrame = field(repr=False)  # words per question / context
     embedder:str = ''       # what the similarity and drift were measured with
 
-    def row(self) -> dict:
-        "The scalar measures, for a comparison table."
-        d = {k: getattr(self, k) for k in ('n', 'vocabulary', 'distinct_1', 'distinct_2', 'distinct_3', 'mean_similarity', 'drift', 'label_entropy')}
-        if 'question' in self.lengths.index: d['question_words'] = self.lengths.loc['question', 'mean']
-        return d
+@patch
+def row(self:DiversityReport) -> dict:
+    "The scalar measures, for a comparison table."
+    d = {k: getattr(self, k) for k in ('n', 'vocabulary', 'distinct_1', 'distinct_2', 'distinct_3', 'mean_similarity', 'drift', 'label_entropy')}
+    if 'question' in self.lengths.index: d['question_words'] = self.lengths.loc['question', 'mean']
+    return d
 
-    def _repr_markdown_(self) -> str:
-        fmt = lambda v: '–' if v is None or (isinstance(v, float) and math.isnan(v)) else (f"{v:.3f}" if isinstance(v, float) else str(v))
-        rows = [f"| {k} | {fmt(v)} |" for k, v in self.row().items()]
-        shares = ', '.join(f"{k}: {v:.0%}" for k, v in self.label_shares.items())
-        return '\n'.join(["| measure | value |", "|---|---|", *rows, f"| label shares | {shares} |", f"| similarity by | {self.embedder} |", "",
-                          "**Words per field**", "", self.lengths.round(1).to_markdown() if len(self.lengths) else "(no text fields)"])
+@patch
+def _repr_markdown_(self:DiversityReport) -> str:
+    "The measures as a markdown table, then the words per field."
+    fmt = lambda v: '–' if v is None or (isinstance(v, float) and math.isnan(v)) else (f"{v:.3f}" if isinstance(v, float) else str(v))
+    rows = [f"| {k} | {fmt(v)} |" for k, v in self.row().items()]
+    shares = ', '.join(f"{k}: {v:.0%}" for k, v in self.label_shares.items())
+    return '\n'.join(["| measure | value |", "|---|---|", *rows, f"| label shares | {shares} |", f"| similarity by | {self.embedder} |", "",
+                      "**Words per field**", "", self.lengths.round(1).to_markdown() if len(self.lengths) else "(no text fields)"])
 
 def diversity_report(records:list[dict],  # the data set
                      seed=None,           # the seed formatting example (record or text), for drift
@@ -192,16 +201,20 @@ def diversity_report(records:list[dict],  # the data set
                            mean_pairwise_similarity(texts, embedder), drift, label_shares(records),
                            entropy_bits(label_counts(records)), length_stats(records), embedder_name(embedder))
 
-def compare_reports(reports:dict) -> pd.DataFrame:
+def compare_reports(reports:dict # {name: `DiversityReport`}, e.g. one per strategy
+                   ) -> pd.DataFrame:
     "One row of scalar measures per named report."
     return pd.DataFrame({name: r.row() for name, r in reports.items()}).T
 
 # %% ../nbs/06_evaluate.ipynb #9f3762cf
-def is_multiple_choice(task_type:str) -> bool:
+def is_multiple_choice(task_type:str # one of the paper's task types
+                      ) -> bool:
     "Whether the paper's task type has per-example options."
     return TASK_TYPES[task_type][1].kind == 'per_example'
 
-def pair_features(q, o):
+def pair_features(q, # question vectors, one row per pair
+                  o  # option vectors, one row per pair
+                 ):
     "Features of (question, option) pairs from their row vectors: [q, o, q*o, |q-o|] (sparse or dense)."
     if sp.issparse(q): return sp.hstack([q, o, q.multiply(o), abs(q - o)]).tocsr()
     return np.hstack([q, o, q * o, np.abs(q - o)])
@@ -210,6 +223,9 @@ def _yes_no_first(classes) -> list:
     "The classes as Python values, True then False first, the rest in their sorted order."
     classes = list(np.asarray(classes).tolist())
     return [c for c in (True, False) if c in classes] + [c for c in classes if c is not True and c is not False]
+
+class NothingToLearn(ValueError):
+    "The training records hold one label only (or, for multiple choice, no label among its options): no classifier can be fit."
 
 class DownstreamModel:
     "Logistic regression on text vectors: a label classifier, or an option scorer for multiple choice."
@@ -223,14 +239,15 @@ class DownstreamModel:
         self.clf = LogisticRegression(C=C, max_iter=2000, random_state=seed, class_weight='balanced' if multiple_choice else None)
         self.labels, self.used = None, None   # column order of `proba` for a classifier; sparse columns kept
 
-    def _features(self, records):
-        "The feature rows (one per record, or one per option for multiple choice) and each row's record index."
-        q = self.embedder.embed([record_text(r) for r in records])
-        if not self.mc: return q, np.arange(len(records))
-        idx = np.repeat(np.arange(len(records)), [len(r['options']) for r in records])
-        return pair_features(q[idx], self.embedder.embed([o for r in records for o in r['options']])), idx
-
 # %% ../nbs/06_evaluate.ipynb #3f946b6f
+@patch
+def _features(self:DownstreamModel, records:list[dict]):
+    "The feature rows (one per record, or one per option for multiple choice) and each row's record index."
+    q = self.embedder.embed([record_text(r) for r in records])
+    if not self.mc: return q, np.arange(len(records))
+    idx = np.repeat(np.arange(len(records)), [len(r['options']) for r in records])
+    return pair_features(q[idx], self.embedder.embed([o for r in records for o in r['options']])), idx
+
 @patch
 def _columns(self:DownstreamModel, X, fit:bool=False):
     "`X` restricted to the sparse columns the training rows used (the others have zero weight); dense `X` as is."
@@ -247,7 +264,7 @@ def fit(self:DownstreamModel,
     X, idx = self._features(records)
     y = [o == r['label'] for r in records for o in r['options']] if self.mc else [r['label'] for r in records]
     if len(set(y)) < 2:
-        raise ValueError("no training record's label is one of its options" if self.mc else f"the training records have one label only ({y[0]!r} or none): a classifier needs two")
+        raise NothingToLearn("no training record's label is one of its options" if self.mc else f"the training records have one label only ({y[0]!r} or none): a classifier needs two")
     if sample_weight is not None and len(sample_weight) != len(records):
         raise ValueError(f"sample_weight has {len(sample_weight)} weights for {len(records)} records")
     self.clf.fit(self._columns(X, fit=True), y, sample_weight=None if sample_weight is None else np.asarray(sample_weight, float)[idx])
@@ -271,14 +288,18 @@ def proba(self:DownstreamModel,
     return e / np.nansum(e, axis=1, keepdims=True)
 
 @patch
-def predict(self:DownstreamModel, records:list[dict]) -> list:
+def predict(self:DownstreamModel,
+            records:list[dict] # records in the paper's format
+           ) -> list:
     "Predicted label of each record: the most probable label or option."
     if not records: return []
     best = np.nanargmax(self.proba(records), axis=1)
     return [r['options'][i] for r, i in zip(records, best)] if self.mc else [self.labels[i] for i in best]
 
 @patch
-def accuracy(self:DownstreamModel, records:list[dict]) -> float:
+def accuracy(self:DownstreamModel,
+             records:list[dict] # labelled records in the paper's format
+            ) -> float:
     "Share of records whose label is predicted."
     return float(np.mean([p == r['label'] for p, r in zip(self.predict(records), records)])) if records else float('nan')
 
@@ -316,8 +337,9 @@ def downstream_eval(train_records:list[dict]|None, # the training set (D_L or D_
                    ) -> pd.DataFrame:
     "Accuracy on each test set of a downstream model trained on `train_records` (columns test, n_train, n_test, accuracy, note)."
     n = len(train_records or [])
-    model = DownstreamModel(is_multiple_choice(task_type), seed=seed).fit(train_records) if n else None
-    note = '' if model else 'no training data'
+    model, note = None, 'no training data' if not n else ''
+    try: model = DownstreamModel(is_multiple_choice(task_type), seed=seed).fit(train_records) if n else None
+    except NothingToLearn as e: note = f'not trained: {e}'   # e.g. a small created set whose answers are all "yes"
     return pd.DataFrame([{'test': name, 'n_train': n, 'n_test': len(recs),
                           'accuracy': model.accuracy(recs) if model else float('nan'), 'note': note}
                          for name, recs in test_sets.items()])
@@ -326,11 +348,15 @@ def downstream_eval(train_records:list[dict]|None, # the training set (D_L or D_
 PAPER_DATASETS = {'mcqa_2': ('piqa', 'winogrande'), 'mcqa_5': ('csqa', 'riddle_sense'),
                   'yesno_open': ('boolq', 'pubmedqa', 'bioasq'), 'yesno_close': ('boolq', 'strategyqa', 'creak')}
 
-def ood_partners(task_type:str, dataset:str) -> list[str]:
+def ood_partners(task_type:str, # one of the paper's task types
+                 dataset:str    # one of its datasets, e.g. 'pubmedqa'
+                ) -> list[str]:
     "The datasets the paper tests a `dataset` model on out of distribution."
     return [d for d in PAPER_DATASETS[task_type] if d != dataset]
 
-def relative_gap(dg:float, dl:float) -> float:
+def relative_gap(dg:float, # accuracy of the model trained on created data
+                 dl:float  # accuracy of the model trained on human data
+                ) -> float:
     "The paper's (D_G - D_L) / D_L; NaN when D_L is missing or zero."
     return (dg - dl) / dl if dl and not math.isnan(dl) else float('nan')
 
@@ -371,7 +397,8 @@ def plot_accuracy(results:pd.DataFrame # long: columns test label, train, accura
         ax.set_title(f"Downstream accuracy ({kind})" if kind else "Downstream accuracy")
     return fig
 
-def plot_drift(drift:pd.DataFrame) -> Figure:
+def plot_drift(drift:pd.DataFrame # columns strategy, round, drift (from `drift_table`)
+              ) -> Figure:
     "Drift from the seed per round, one line per strategy (from `drift_table`)."
     fig = Figure(figsize=(6, 3.6), layout='constrained')
     ax = fig.subplots()
@@ -381,7 +408,9 @@ def plot_drift(drift:pd.DataFrame) -> Figure:
     ax.legend(fontsize='small')
     return fig
 
-def plot_cost(cost:pd.DataFrame, y:str='usd') -> Figure:
+def plot_cost(cost:pd.DataFrame, # columns dataset, strategy and `y`
+              y:str='usd'        # the column to draw, e.g. 'usd' or 'tokens'
+             ) -> Figure:
     "Creation cost per dataset, one bar per strategy (columns dataset, strategy and `y`)."
     fig = Figure(figsize=(5 + 0.6 * cost['dataset'].nunique(), 3.6), layout='constrained')
     ax = fig.subplots()
@@ -389,7 +418,8 @@ def plot_cost(cost:pd.DataFrame, y:str='usd') -> Figure:
     ax.set_title(f"Creation cost ({y})")
     return fig
 
-def plot_rejections(rejections:dict) -> Figure:
+def plot_rejections(rejections:dict # {reason: rejected examples}
+                   ) -> Figure:
     "Horizontal bars: how many created examples were rejected for each reason."
     items = sorted(Counter(rejections).items(), key=lambda kv: kv[1])
     fig = Figure(figsize=(6, 0.5 + 0.4 * max(len(items), 1)), layout='constrained')
@@ -397,3 +427,16 @@ def plot_rejections(rejections:dict) -> Figure:
     ax.barh([k for k, _ in items], [v for _, v in items])
     ax.set(xlabel='rejected examples', title='Rejection reasons')
     return fig
+
+# %% ../nbs/06_evaluate.ipynb #1f0cd80f
+def evaluate_sets(train_sets:dict,  # {name: training records}, e.g. {'D_L': human records, 'tree': created records}
+                  test_sets:dict,   # {name: test records}
+                  task_type:str,    # the paper's task type of the data
+                  home:str=None,    # the in-distribution test set (the others are OOD); default: the first
+                  seed:int=0        # the models' random state
+                 ) -> pd.DataFrame:
+    "Accuracy of a model per training set on every test set (columns of `downstream_eval` plus dataset = `home`, train, kind)."
+    home = home or next(iter(test_sets))
+    res = pd.concat([downstream_eval(recs, test_sets, task_type, seed).assign(dataset=home, train=name) for name, recs in train_sets.items()],
+                    ignore_index=True)
+    return res.assign(kind=np.where(res['test'] == home, 'ID', 'OOD'))

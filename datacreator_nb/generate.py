@@ -22,11 +22,11 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'ENDPOINTS', 'NO_KEY', 'PAPER_USD_PER_1M', 'RETRY_STATUS', 'NO_RETRY_CODES', 'LIMITS', 'RESERVE_TOKENS',
-           'resolve_endpoint', 'redact', 'is_local', 'warn_plain_http', 'known_prices', 'resolve_prices', 'cost_usd',
-           'estimate_tokens', 'prompt_tokens', 'Completion', 'Failure', 'GenerationError', 'BudgetExceeded',
-           'EmptyContent', 'NotACompletion', 'Stats', 'fatal', 'retryable', 'retry_after', 'wait_retry_after',
-           'read_reply', 'read_answer', 'server_message', 'digest', 'request_key', 'Cache', 'http_client',
-           'check_settings', 'Limit', 'Generator', 'unpriced', 'sample_numbers']
+           'resolve_endpoint', 'redact', 'is_local', 'endpoint_name', 'warn_plain_http', 'known_prices',
+           'resolve_prices', 'cost_usd', 'estimate_tokens', 'prompt_tokens', 'Completion', 'Failure', 'GenerationError',
+           'BudgetExceeded', 'EmptyContent', 'NotACompletion', 'Stats', 'fatal', 'retryable', 'retry_after',
+           'wait_retry_after', 'read_reply', 'read_answer', 'server_message', 'digest', 'request_key', 'Cache',
+           'http_client', 'check_settings', 'Limit', 'Generator', 'pricing', 'sample_numbers']
 
 # %% ../nbs/02_generate.ipynb #892bf923
 ENDPOINTS = {'openai': 'https://api.openai.com/v1', 'vllm': 'http://localhost:8000/v1', 'ollama': 'http://localhost:11434/v1',
@@ -40,16 +40,26 @@ def resolve_endpoint(base_url:str|None=None, # a URL, a name in ENDPOINTS, or No
     url = base_url or os.environ.get('OPENAI_BASE_URL') or 'openai'
     return ENDPOINTS.get(url, url), api_key or os.environ.get('OPENAI_API_KEY') or NO_KEY
 
-def redact(url:str) -> str:
+def redact(url:str # an endpoint URL, perhaps with credentials
+          ) -> str:
     "`url` without user, password or query, safe to show."
     u = urlsplit(url)
     return f'{u.scheme}://{u.hostname}{":" + str(u.port) if u.port else ""}{u.path}'
 
-def is_local(url:str) -> bool:
+def is_local(url:str # an endpoint URL
+            ) -> bool:
     "Whether `url` points at this machine."
     host = urlsplit(url).hostname or ''
     try: return ipaddress.ip_address(host).is_loopback
     except ValueError: return host == 'localhost' or host.endswith('.localhost')
+
+def endpoint_name(model:str,         # model name at the endpoint
+                  url:str,           # the endpoint's base_url
+                  started:bool=False # a server started on this machine for the run (e.g. the embedded model)
+                 ) -> str:
+    "How cache keys and a resumed run name an endpoint: a server started for the run, or the simulated one, by its model (it gets a new port every run); any other by its redacted URL."
+    own = started or (model.startswith('simulated') and is_local(url))
+    return f'{model} on this machine' if own else redact(url)
 
 def warn_plain_http(url:str, # the endpoint
                     api_key:str # the key the client will send
@@ -71,7 +81,8 @@ def known_prices(model:str,              # model name at the endpoint
         return float(p.input_price), float(p.output_price)
     return None
 
-def resolve_prices(model:str, base_url:str|None=None,
+def resolve_prices(model:str,               # model name at the endpoint
+                   base_url:str|None=None,  # the endpoint: its provider's price is looked up first
                    price_in:float|None=None,  # USD per 1M prompt tokens, instead of the database's
                    price_out:float|None=None  # USD per 1M completion tokens, instead of the database's
                   ) -> tuple[float, float]|None:
@@ -81,16 +92,20 @@ def resolve_prices(model:str, base_url:str|None=None,
     return None if None in p else p
 
 def cost_usd(prices:tuple[float, float]|None, # USD per 1M (prompt, completion) tokens; None: unpriced
-             prompt_tokens:int, completion_tokens:int) -> float:
+             prompt_tokens:int,       # tokens of the prompt
+             completion_tokens:int    # tokens of the answer
+            ) -> float:
     "Dollars for one request; 0 when unpriced."
     return 0.0 if prices is None else (prompt_tokens * prices[0] + completion_tokens * prices[1]) / 1e6
 
 # %% ../nbs/02_generate.ipynb #ae619dd4
-def estimate_tokens(text:str) -> int:
+def estimate_tokens(text:str # any text
+                   ) -> int:
     "Tokens in `text`, estimated as characters / 4 rounded up."
     return -(-len(text) // 4)
 
-def prompt_tokens(messages:list) -> int:
+def prompt_tokens(messages:list # chat messages
+                 ) -> int:
     "Estimated prompt tokens of chat `messages`."
     return estimate_tokens(''.join(str(m.get('content') or '') for m in messages))
 
@@ -100,7 +115,7 @@ class Completion:
     "The answer to one chat request."
     text:str                  # the assistant message
     prompt_tokens:int         # as the endpoint reported them (estimated if it did not)
-    completion_tokens:int
+    completion_tokens:int     # as the endpoint reported them (estimated if it did not)
     cost_usd:float            # USD this request cost when sent, billed retries included (a cache hit: that original cost)
     cached:bool               # answered from the cache: no request sent, nothing paid now
     retries:int=0             # requests retried before this answer
@@ -114,17 +129,23 @@ class Failure:
     "A request that got no answer, and why."
     reason:str                # status, the server's own message, endpoint
     status:int|None=None      # HTTP status, if there was one
-    retries:int=0
+    retries:int=0             # requests retried before giving up
     index:int|None=None       # position in the batch
     budget:bool=False         # not sent because it could pass the budget
-    waits:tuple=()
+    waits:tuple=()            # seconds waited before each retry
     fatal:bool=False          # retrying cannot help (bad key, unknown model, bad request, no quota): stop the run
     cost_usd:float=0.0        # USD of billed attempts before it failed (e.g. empty answers)
     ok = False
 
 class GenerationError(Exception):
     "A request failed for good: not retryable, or out of retries."
-    def __init__(self, reason:str, status:int|None=None, retries:int=0, waits:tuple=(), fatal:bool=False, cost_usd:float=0.0):
+    def __init__(self, reason:str,   # what failed, in the server's words, and where
+                 status:int|None=None, # HTTP status, if there was one
+                 retries:int=0,        # requests retried before giving up
+                 waits:tuple=(),       # seconds waited before each retry
+                 fatal:bool=False,     # retrying cannot help: stop the run
+                 cost_usd:float=0.0):  # USD of billed attempts
+
         super().__init__(reason)
         self.reason, self.status, self.retries, self.waits, self.fatal, self.cost_usd = reason, status, retries, tuple(waits), fatal, cost_usd
 
@@ -137,7 +158,9 @@ class EmptyContent(Exception):
 class NotACompletion(Exception):
     "A 200 answer that is no chat completion: an HTML page, other text, or a JSON error object (retried unless it says otherwise)."
     status_code = 200
-    def __init__(self, message:str, code=None, kind=None):
+    def __init__(self, message:str, # what came back, quoted
+                 code=None,         # the error object's `code`, if any
+                 kind=None):        # the error object's `type`, if any
         super().__init__(message)
         self.code, self.type = code, kind
 
@@ -146,17 +169,17 @@ class NotACompletion(Exception):
 class Stats:
     "Totals over the life of a Generator."
     requests:int=0           # HTTP requests sent, retries included
-    cache_hits:int=0
-    retries:int=0
-    failures:int=0
+    cache_hits:int=0         # answers replayed from the cache
+    retries:int=0            # attempts that were retried
+    failures:int=0           # requests that got no answer
     budget_stops:int=0       # requests not sent because they could pass the budget
     truncated:int=0          # answers cut by max_tokens (finish_reason 'length')
     estimated:int=0          # answers without `usage`: tokens and cost estimated from the text
     prompt_tokens:int=0      # billed, failed attempts included
-    completion_tokens:int=0
+    completion_tokens:int=0  # billed, failed attempts included
     usd:float=0.0            # paid by this process, billed failures included
     replayed_usd:float=0.0   # original cost of the answers replayed from the cache
-    note:str=''
+    note:str=''              # what else to know, e.g. that no price is known
 
     def notes(self) -> list[str]:
         "What the numbers alone do not say."
@@ -173,18 +196,21 @@ RETRY_STATUS = {408, 409, 429}
 NO_RETRY_CODES = {'insufficient_quota', 'invalid_api_key', 'authentication_error', 'permission_error',
                   'model_not_found', 'invalid_request_error'}  # error codes or types retrying cannot mend
 
-def fatal(e:BaseException) -> bool:
+def fatal(e:BaseException # the failure of one attempt
+         ) -> bool:
     "Whether retrying cannot help: the request, key or model is wrong, or the quota is spent."
     if isinstance(e, openai.APIStatusError):
         return (e.status_code < 500 and e.status_code not in RETRY_STATUS) or 'insufficient_quota' in (e.code, e.type)
     return isinstance(e, NotACompletion) and bool({str(e.code), str(e.type)} & NO_RETRY_CODES)
 
-def retryable(e:BaseException) -> bool:
+def retryable(e:BaseException # the failure of one attempt
+             ) -> bool:
     "Whether a failed attempt is worth another."
     return isinstance(e, (openai.APIConnectionError, openai.APIStatusError, EmptyContent, NotACompletion)) and not fatal(e)  # timeouts are connection errors
 
 # %% ../nbs/02_generate.ipynb #5752db91
-def retry_after(e:BaseException) -> float|None:
+def retry_after(e:BaseException # the failure of one attempt
+               ) -> float|None:
     "Seconds the server asked to wait before retrying, if it said."
     headers = getattr(getattr(e, 'response', None), 'headers', None) or {}
     if (ms := headers.get('retry-after-ms')) is not None:
@@ -198,13 +224,16 @@ def retry_after(e:BaseException) -> float|None:
 
 class wait_retry_after(wait_base):
     "Wait the server's Retry-After (at most `cap` seconds), else `fallback`."
-    def __init__(self, fallback:wait_base, cap:float): self.fallback, self.cap = fallback, cap
+    def __init__(self, fallback:wait_base, # the wait when the server asks for none, e.g. backoff with jitter
+                 cap:float):               # seconds at most, whatever the server asks
+        self.fallback, self.cap = fallback, cap
     def __call__(self, state) -> float:
         s = retry_after(state.outcome.exception())
         return min(s, self.cap) if s is not None else self.fallback(state)
 
 # %% ../nbs/02_generate.ipynb #068d86f8
-def read_reply(body:str) -> dict:
+def read_reply(body:str # the text of a 200 answer
+              ) -> dict:
     "The chat completion JSON object in a 200 answer's `body`; NotACompletion quoting the server if it is none."
     try: r = json.loads(body)
     except ValueError: raise NotACompletion(f'not a chat completion but {body.strip()[:200]!r}') from None
@@ -215,25 +244,28 @@ def read_reply(body:str) -> dict:
         raise NotACompletion(f'not a chat completion but {body.strip()[:200]!r}')
     return r
 
-def read_answer(r:dict) -> tuple[str, int|None, int|None, str]:
+def read_answer(r:dict # a chat completion object
+               ) -> tuple[str, int|None, int|None, str]:
     "The text, prompt and completion tokens (None if not reported), and finish_reason of a chat completion object."
     choice = (r.get('choices') or [{}])[0] or {}
     usage, content = r.get('usage') or {}, (choice.get('message') or {}).get('content') or ''
     return (content if isinstance(content, str) else json.dumps(content), usage.get('prompt_tokens'),
             usage.get('completion_tokens'), choice.get('finish_reason') or 'stop')
 
-def server_message(e:BaseException) -> str:
+def server_message(e:BaseException # a failed attempt's exception
+                  ) -> str:
     "What the server said in a failed answer: its error message, or the start of its body; else the exception's text."
     body = getattr(e, 'body', None)
     if isinstance(body, dict) and body.get('message'): return str(body['message'])
     return body.strip()[:200] if isinstance(body, str) and body.strip() else str(e)
 
 # %% ../nbs/02_generate.ipynb #f34abb11
-def digest(obj) -> str:
+def digest(obj # any JSON value
+          ) -> str:
     "sha256 (hex) of `obj` as canonical JSON."
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
-def request_key(endpoint:str,    # redacted base_url
+def request_key(endpoint:str,    # the endpoint's name (`Generator.endpoint`)
                 model:str,       # model name
                 messages:list,   # chat messages
                 params:dict,     # generation parameters (temperature, top_p, max_tokens, response_format)
@@ -262,12 +294,15 @@ class Cache:
                 db.execute('ALTER TABLE answers ADD COLUMN cost_usd REAL DEFAULT 0')
         return self._db
 
-    def get(self, key:str) -> dict|None:
+    def get(self, key:str # a request key
+           ) -> dict|None:
         "The stored answer for `key`, if any."
         row = self.db.execute(f'SELECT {", ".join(self.FIELDS)} FROM answers WHERE key=?', (key,)).fetchone()
         return None if row is None else dict(zip(self.FIELDS, row))
 
-    def put(self, key:str, model:str, c:Completion):
+    def put(self, key:str, # the request key
+            model:str,     # the model that answered
+            c:Completion): # the answer
         "Store and commit one answer."
         self.db.execute('INSERT OR REPLACE INTO answers (key, model, created, text, prompt_tokens, completion_tokens, finish_reason, cost_usd) '
                         'VALUES (?,?,?,?,?,?,?,?)', (key, model, time.time(), *(getattr(c, f) for f in self.FIELDS)))
@@ -304,7 +339,8 @@ LIMITS = {'temperature': (lambda v: 0 <= v <= 2, 'between 0 and 2'),
           'price_in': (lambda v: v >= 0, 'at least 0 (USD per 1M tokens)'),
           'price_out': (lambda v: v >= 0, 'at least 0 (USD per 1M tokens)')}
 
-def check_settings(**values):
+def check_settings(**values # setting name (a key of LIMITS) -> value
+                  ):
     "Raise ValueError naming the first setting (a key of LIMITS) whose value cannot work; None is always allowed."
     for name, v in values.items():
         ok, rule = LIMITS[name]
@@ -338,24 +374,26 @@ class Limit:
             self.in_flight -= 1
             self._cond.notify(max(0, self.limit - self.in_flight))
 
-    def observe(self, seconds:float|None): # an answer's latency; None: a sign of overload
-        "Adapt the limit to one attempt's outcome: at the end of each window, halve it after any overload, else grow it."
-        if not self.adaptive: return
-        if seconds is not None:
-            self.latency = seconds if self.latency is None else 0.8 * self.latency + 0.2 * seconds
-            self.quickest = min(self.quickest or self.latency, self.latency)
-        self._hot = self._hot or seconds is None or self.latency > self.slower * self.quickest
-        self._since += 1
-        if self._since < self.limit: return  # one change per window of answers
-        if self._hot: self.limit, self.growing = max(1, self.limit // 2), False
-        else: self.limit = min(self.most, self.limit * 2 if self.growing else self.limit + 1)
-        self._since, self._hot = 0, False
+# %% ../nbs/02_generate.ipynb #32ccd1fc
+@patch
+def observe(self:Limit, seconds:float|None # an answer's latency; None: a sign of overload
+           ):
+    "Adapt the limit to one attempt's outcome: at the end of each window, halve it after any overload, else grow it."
+    if not self.adaptive: return
+    if seconds is not None:
+        self.latency = seconds if self.latency is None else 0.8 * self.latency + 0.2 * seconds
+        self.quickest = min(self.quickest or self.latency, self.latency)
+    self._hot = self._hot or seconds is None or self.latency > self.slower * self.quickest
+    self._since += 1
+    if self._since < self.limit: return  # one change per window of answers
+    if self._hot: self.limit, self.growing = max(1, self.limit // 2), False
+    else: self.limit = min(self.most, self.limit * 2 if self.growing else self.limit + 1)
+    self._since, self._hot = 0, False
 
 # %% ../nbs/02_generate.ipynb #5bb273ae
 class Generator:
     "Chat completions from an OpenAI-compatible endpoint: concurrent, retried, priced, budgeted, cached."
-    def __init__(self,
-                 model:str='gpt-3.5-turbo',    # model name at the endpoint
+    def __init__(self, model:str='gpt-3.5-turbo', # model name at the endpoint
                  base_url:str|None=None,       # URL or ENDPOINTS name; None: $OPENAI_BASE_URL, else OpenAI
                  api_key:str|None=None,        # None: $OPENAI_API_KEY, else NO_KEY
                  temperature:float=1.0,        # 0 to 2
@@ -373,53 +411,64 @@ class Generator:
                  price_out:float|None=None,    # USD per 1M completion tokens; None: genai-prices'
                  cache:str|Path|None=None,     # sqlite file of answers; None: no cache
                  server_kind:str='openai',     # 'openai' (OpenAI, vLLM, Ollama...) or 'llama_cpp': which structured-output form it takes
+                 endpoint:str|None=None,       # the endpoint's name in cache keys and `identity`; None: `endpoint_name(model, base_url)`
                  sleep=asyncio.sleep):         # how to wait (tests record the waits)
         check_settings(temperature=temperature, top_p=top_p, max_tokens=max_tokens, timeout=timeout, concurrency=concurrency, max_retries=max_retries,
                        backoff=backoff, max_wait=max_wait, budget_usd=budget_usd, price_in=price_in, price_out=price_out)
         self.base_url, api_key = resolve_endpoint(base_url, api_key)
         self.model, self.timeout, self.concurrency, self.max_retries, self.server_kind = model, timeout, concurrency, max_retries, server_kind
-        self._limit = Limit(concurrency, adaptive)
+        self.endpoint, self._limit = endpoint or endpoint_name(model, self.base_url), Limit(concurrency, adaptive)
         self.params = {'temperature': temperature, 'top_p': top_p, 'max_tokens': max_tokens, 'response_format': response_format}
         self.backoff, self.max_wait, self.budget_usd, self._sleep = backoff, max_wait, budget_usd, sleep
-        self.prices = resolve_prices(model, self.base_url, price_in, price_out)
-        if budget_usd is not None and self.prices is None: raise ValueError(unpriced(model, budget_usd))
-        self.stats = Stats(note='' if self.prices else f'no price known for model `{model}` (genai-prices has none): its cost counts as $0, as for a local model.')
+        self.prices, self.stats = pricing(model, self.base_url, price_in, price_out, budget_usd)
         warn_plain_http(self.base_url, api_key)
-        self.cache = Cache(cache) if cache else None
-        self._key_fn, self._loop, self._charged, self._reserved, self._holds = (lambda: api_key), None, 0.0, 0.0, 0
+        self.cache, self._key_fn, self._loop, self._charged, self._reserved, self._holds = Cache(cache) if cache else None, (lambda: api_key), None, 0.0, 0.0, 0
 
     def __repr__(self):
         return (f'Generator(model={self.model!r}, base_url={redact(self.base_url)!r}, concurrency={self.concurrency}, '
                 f'max_retries={self.max_retries}, budget_usd={self.budget_usd}, cache={str(self.cache.path) if self.cache is not None else None!r})')
 
-def unpriced(model:str, budget_usd:float) -> str:
-    "The error for a budget whose model has no known price."
-    return (f'budget_usd={budget_usd} needs the price of model {model!r}, and genai-prices has none: give price_in and price_out '
-            f'(USD per 1M tokens; --price-in/--price-out on the command line), or run without a budget')
+def pricing(model:str,            # model name at the endpoint
+            base_url:str,         # the endpoint
+            price_in:float|None,  # USD per 1M prompt tokens, or None
+            price_out:float|None, # USD per 1M completion tokens, or None
+            budget_usd:float|None # the budget, if any
+           ) -> tuple[tuple|None, Stats]:
+    "The prices to use and fresh Stats (noting an unknown price); ValueError when a budget has no price to count by."
+    prices = resolve_prices(model, base_url, price_in, price_out)
+    if budget_usd is not None and prices is None:
+        raise ValueError(f'budget_usd={budget_usd} needs the price of model {model!r}, and genai-prices has none: give price_in and price_out '
+                         f'(USD per 1M tokens; --price-in/--price-out on the command line), or run without a budget')
+    return prices, Stats(note='' if prices else f'no price known for model `{model}` (genai-prices has none): its cost counts as $0, as for a local model.')
 
 # %% ../nbs/02_generate.ipynb #61fce596
 @patch
-def request_params(self:Generator, response_format:dict|None=None) -> dict:
+def request_params(self:Generator, response_format:dict|None=None # for this request, instead of the generator's
+                  ) -> dict:
     "The generation parameters of one request: the generator's, with `response_format` if given."
     return {**self.params, 'response_format': response_format} if response_format else self.params
 
 @patch
-def key(self:Generator, messages:list, sample:int=0, response_format:dict|None=None) -> str:
-    "The cache key of `messages` at this endpoint, with this generator's model and parameters."
-    return request_key(redact(self.base_url), self.model, messages, self.request_params(response_format), sample)
+def key(self:Generator, messages:list, # chat messages
+        sample:int=0,                   # which sample of this request
+        response_format:dict|None=None  # for this request, instead of the generator's
+       ) -> str:
+    "The cache key of `messages` at this endpoint (by its name), with this generator's model and parameters."
+    return request_key(self.endpoint, self.model, messages, self.request_params(response_format), sample)
 
 @patch(as_prop=True)
 def identity(self:Generator) -> dict:
     "What decides this generator's answers, without secrets (the response_format as a hash): a resumed run must match it."
     rf = self.params['response_format']
-    return {'base_url': redact(self.base_url), 'model': self.model, **{k: self.params[k] for k in ('temperature', 'top_p', 'max_tokens')},
+    return {'base_url': self.endpoint, 'model': self.model, **{k: self.params[k] for k in ('temperature', 'top_p', 'max_tokens')},
             'response_format': None if rf is None else digest(rf)[:16], 'server_kind': self.server_kind}
 
 # %% ../nbs/02_generate.ipynb #43d1602d
 RESERVE_TOKENS = 4096  # completion tokens held for a request without max_tokens (gpt-3.5-turbo's most)
 
 @patch
-def worst_case(self:Generator, messages:list) -> float:
+def worst_case(self:Generator, messages:list # chat messages of a request
+              ) -> float:
     "USD a request for `messages` could cost at most: its prompt (estimated) and max_tokens (or RESERVE_TOKENS) of completion."
     return cost_usd(self.prices, prompt_tokens(messages), self.params['max_tokens'] or RESERVE_TOKENS)
 
@@ -584,7 +633,8 @@ async def complete(self:Generator,
     return c
 
 # %% ../nbs/02_generate.ipynb #aa687ca7
-def sample_numbers(batch:list) -> list[int]:
+def sample_numbers(batch:list # a list of chat message lists
+                  ) -> list[int]:
     "For each request, how many identical ones came before it."
     seen = Counter()
     def nth(m):
@@ -605,7 +655,9 @@ async def complete_many(self:Generator,
     return await asyncio.gather(*(one(i, m, s) for i, (m, s) in enumerate(zip(batch, samples or sample_numbers(batch)))))
 
 @patch
-def run(self:Generator, batch:list, samples:list|None=None) -> list[Completion|Failure]:
+def run(self:Generator, batch:list, # a list of chat message lists
+        samples:list|None=None        # sample number of each request; None: sample_numbers(batch)
+       ) -> list[Completion|Failure]:
     "`complete_many` for scripts (not inside a running event loop); closes the client and cache after."
     async def go():
         try: return await self.complete_many(batch, samples)

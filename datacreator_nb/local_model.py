@@ -8,6 +8,9 @@ import argparse, atexit, importlib.util, os, runpy, signal, socket, subprocess, 
 from importlib import resources
 from pathlib import Path
 
+from fastcore.basics import patch
+from tabulate import tabulate
+
 # %% auto #0
 __all__ = ['GGUF_NAME', 'MODEL_ALIAS', 'INSTALL_HINT', 'ENGINES', 'SERVER_KINDS', 'LocalModelError', 'bundled_gguf', 'free_port',
            'native_available', 'server_command', 'run_child', 'ModelServer', 'serve_model', 'grammar_schema',
@@ -31,7 +34,8 @@ def bundled_gguf() -> Path:
 # %% ../nbs/12_local_model.ipynb #a15d900d
 ENGINES = {'native': "llama.cpp's native server", 'llama-cpp-python': "llama-cpp-python's server"}  # engine: its name in messages
 
-def free_port(host:str='127.0.0.1') -> int:
+def free_port(host:str='127.0.0.1' # interface to bind
+             ) -> int:
     "A TCP port on `host` that nothing listens on right now."
     with socket.socket() as s:
         s.bind((host, 0))
@@ -136,7 +140,8 @@ class ModelServer:
     @property
     def running(self) -> bool: return self.proc is not None and self.proc.poll() is None
 
-    def log_tail(self, n:int=15) -> str:
+    def log_tail(self, n:int=15 # how many lines, from the end
+                ) -> str:
         "The last `n` lines the server wrote."
         try: return '\n'.join(self.log_path.read_text(errors='replace').splitlines()[-n:])
         except (OSError, AttributeError): return '<no log>'
@@ -149,8 +154,16 @@ class ModelServer:
             if status.exists(): self._peak_kb = int(next(l.split()[1] for l in status.read_text().splitlines() if l.startswith('VmHWM')))
         return None if self._peak_kb is None else self._peak_kb / 1024
 
+    @property
+    def cpu_seconds(self) -> float|None:
+        "CPU time the server process has used so far (user + system, all its threads), in seconds; None when not running."
+        if not self.running: return None
+        fields = Path(f'/proc/{self.pid}/stat').read_text().rsplit(')', 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+
 # %% ../nbs/12_local_model.ipynb #1eabb459
-def _launch(self:ModelServer, engine:str):
+@patch
+def _launch(self:ModelServer, engine:str): # 'native' or 'llama-cpp-python'
     "Start `engine` in a child process and wait until it answers; on failure stop it, keep its log, raise `LocalModelError`."
     self.engine, self.port = engine, self.port or free_port(self.host)
     fd, log = tempfile.mkstemp(prefix=f'datacreator-{engine}-', suffix='.log')
@@ -165,7 +178,8 @@ def _launch(self:ModelServer, engine:str):
         raise
     self.startup_seconds = time.monotonic() - t0
 
-def _start(self:ModelServer):
+@patch
+def start(self:ModelServer):
     "Start the native server (else, unless `native=True`, llama-cpp-python's, saying so in one line) and wait until it answers."
     if self.running: return self
     if self.native is not False:
@@ -181,6 +195,7 @@ def _start(self:ModelServer):
     self._launch('llama-cpp-python')
     return self
 
+@patch
 def _wait_ready(self:ModelServer):
     "Poll `/v1/models` until it answers, the child dies, or `timeout` passes."
     deadline, name = time.monotonic() + self.timeout, f"{ENGINES[self.engine]} for {self.gguf}"
@@ -191,7 +206,8 @@ def _wait_ready(self:ModelServer):
         time.sleep(0.1)
     raise LocalModelError(f"{name} did not answer {self.base_url}/models within {self.timeout:g} s (log kept at {self.log_path})\nits log ends:\n{self.log_tail()}")
 
-def _stop(self:ModelServer,
+@patch
+def stop(self:ModelServer,
           grace:float=5.0,      # seconds between SIGTERM and SIGKILL
           keep_log:bool=False): # keep the server's log (it failed: the log says why)
     "Stop the server's process group: SIGTERM, then SIGKILL after `grace` seconds; remove its log unless `keep_log`."
@@ -206,9 +222,10 @@ def _stop(self:ModelServer,
     self.proc.stdin.close()
     if self.log_path and not keep_log: self.log_path.unlink(missing_ok=True)
 
-ModelServer._launch, ModelServer.start, ModelServer._wait_ready, ModelServer.stop = _launch, _start, _wait_ready, _stop
-ModelServer.__enter__ = lambda self: self.start()
-ModelServer.__exit__ = lambda self, *exc: self.stop()
+@patch
+def __enter__(self:ModelServer): return self.start()
+@patch
+def __exit__(self:ModelServer, *exc): self.stop()
 
 @atexit.register
 def _stop_all():
@@ -216,6 +233,7 @@ def _stop_all():
     for s in list(_RUNNING): s.stop()
 
 # %% ../nbs/12_local_model.ipynb #c3b9caba
+@patch
 def _repr_markdown_(self:ModelServer) -> str:
     state = 'running' if self.running else 'not running'
     fmt = lambda v, spec: '–' if v is None else format(v, spec)
@@ -224,8 +242,7 @@ def _repr_markdown_(self:ModelServer) -> str:
             ('server', ENGINES.get(self.engine, 'not started')), ('base_url', f"`{self.base_url}`"), ('state', f"{state} (pid {self.pid})"),
             ('threads / batching', f"{self.n_threads} / {batching}"),
             ('start-up', f"{fmt(self.startup_seconds, '.1f')} s"), ('peak memory', f"{fmt(self.peak_rss_mb, '.0f')} MB")]
-    return '| | |\n|---|---|\n' + '\n'.join(f"| {k} | {v} |" for k, v in rows)
-ModelServer._repr_markdown_ = _repr_markdown_
+    return tabulate(rows, ['', ''], tablefmt='github', disable_numparse=True)
 
 # %% ../nbs/12_local_model.ipynb #3632ac55
 def serve_model(gguf:str|Path=None, # GGUF model file; default: the bundled SmolLM2-135M-Instruct
@@ -239,7 +256,7 @@ SERVER_KINDS = ('openai', 'llama_cpp')
 _NAMED_SCHEMAS = ('properties', '$defs', 'definitions', 'patternProperties')
 _PLAIN_VALUES = ('const', 'enum', 'default', 'examples', 'required')
 
-def grammar_schema(schema):
+def grammar_schema(schema): # a JSON Schema (or a part of one: a list, a dict, a plain value)
     "`schema` without `pattern` keywords, which llama.cpp cannot compile (it would drop the whole schema)."
     if isinstance(schema, list): return [grammar_schema(s) for s in schema]
     if not isinstance(schema, dict): return schema

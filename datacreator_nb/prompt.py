@@ -8,8 +8,8 @@ import json
 from .task import Task, preset, TASK_TYPES
 
 # %% auto #0
-__all__ = ['STYLES', 'system_instruction', 'conditions_rule', 'targets_rule', 'canonical', 'render_example', 'user_message',
-           'messages', 'show_prompt', 'reply_schema', 'response_format']
+__all__ = ['STYLES', 'system_instruction', 'conditions_rule', 'fixed_rule', 'targets_rule', 'canonical', 'render_example',
+           'user_message', 'messages', 'show_prompt', 'reply_schema', 'response_format']
 
 # %% ../nbs/01_prompt.ipynb #47d1959f
 STYLES = ('array', 'paper')
@@ -18,9 +18,10 @@ def system_instruction(task:Task,               # what to create
                        n:int=5,                 # how many examples one reply should hold
                        style:str='array',       # 'array': one JSON array; 'paper': unnumbered JSON objects
                        conditions:dict=None,    # {attribute: value} every created example must fit
-                       label_targets:dict=None  # {label (or answer position for MCQA): count}, summing to n
+                       label_targets:dict=None, # {label (or answer position for MCQA): count}, summing to n
+                       fixed:dict=None          # {field: value} every created example copies unchanged, e.g. {"context": a passage}
                       ) -> str:
-    "The paper's rules for creating `n` more examples of `task`, with the request's conditions and label targets."
+    "The paper's rules for creating `n` more examples of `task`, with the request's conditions, label targets and fixed fields."
     if style not in STYLES: raise ValueError(f"style must be one of {STYLES}, got {style!r}")
     labels = task.label_space.labels
     answers = ("The created examples **must** all have different answers." if labels is None or n <= len(labels)
@@ -29,6 +30,7 @@ def system_instruction(task:Task,               # what to create
              targets_rule(task, label_targets, n) if label_targets else answers]
     if task.label_space.kind == 'fixed' and task.options_key: rules.append("The created examples **must** have the same options as the provided example.")
     if conditions: rules.append(conditions_rule(conditions))
+    rules += [fixed_rule(k, v) for k, v in (fixed or {}).items()]
     rules.append(f"The output **must** be a JSON array of {n} objects with exactly the keys of the example, and nothing else." if style == 'array'
                  else "The output **must** be in unnumbered JSON format.")
     return f"Task: {task.instruction}\n\n" + '\n'.join(f"- {r}" for r in rules)
@@ -40,6 +42,13 @@ def conditions_rule(conditions:dict # {attribute: value}, e.g. {"topic": "volcan
     if not isinstance(conditions, dict) or not all(isinstance(k, str) and isinstance(v, str) and v.strip() for k, v in conditions.items()):
         raise ValueError(f"conditions must map attribute names to non-empty strings, got {conditions!r}")
     return "The created examples **must** be about: " + '; '.join(f"{k} = {v}" for k, v in conditions.items()) + "."
+
+def fixed_rule(field:str, # a field of the example, e.g. 'context'
+               value:str  # what every created example holds in it, e.g. a passage
+              ) -> str:
+    "The rule asking every created example to be about `value` and to copy it unchanged into `field`."
+    if not isinstance(value, str) or not value.strip(): raise ValueError(f"a fixed field needs a non-empty string, got {field}={value!r}")
+    return f"Every created example **must** be about this {field}, and copy it unchanged into its \"{field}\" field: {json.dumps(value, ensure_ascii=False)}"
 
 def _label_text(task:Task, label) -> str:
     "How a label target names its label: an answer as the model writes it, or an option position for MCQA."
@@ -82,12 +91,13 @@ def messages(task:Task,                # what to create
              n:int=5,                  # how many examples to ask for in one request
              style:str='array',        # 'array' or 'paper'
              conditions:dict=None,     # {attribute: value} for this request, e.g. from `attributes.sample_conditions`
-             label_targets:dict=None   # {label or MCQA answer position: count} for this request, e.g. from `attributes.label_targets`
+             label_targets:dict=None,  # {label or MCQA answer position: count} for this request, e.g. from `attributes.label_targets`
+             fixed:dict=None           # {field: value} every example of this request copies unchanged, e.g. {"context": a passage}
             ) -> list[dict]:
     "Chat messages asking for `n` new examples of `task` in the format of `examples`, rendered canonically."
     if n < 1: raise ValueError(f"n must be at least 1, got {n}")
     shown = [canonical(task, e) for e in examples or [task.example]]
-    return [{"role": "system", "content": system_instruction(task, n, style, conditions, label_targets)},
+    return [{"role": "system", "content": system_instruction(task, n, style, conditions, label_targets, fixed)},
             {"role": "user", "content": user_message(shown, n, style)}]
 
 # %% ../nbs/01_prompt.ipynb #3796e861

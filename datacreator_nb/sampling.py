@@ -5,39 +5,96 @@
 # %% ../nbs/04_sampling.ipynb #dbd08d99
 from __future__ import annotations
 import random
+from dataclasses import dataclass, field
 from typing import Callable, Protocol
+
+from fastcore.basics import patch
 
 import numpy as np
 import scipy.sparse as sp
 from sklearn.feature_extraction.text import HashingVectorizer
 
 from .task import TaskError
+from .vector_store import VectorCache, unit_rows
 
 # %% auto #0
-__all__ = ['ST_INSTALL', 'STRATEGIES', 'ALIASES', 'question_text', 'unit_rows', 'Embedder', 'HashingEmbedder',
-           'SentenceTransformerEmbedder', 'RowStore', 'compact_columns', 'VectorCache', 'Strategy', 'Naive', 'Random',
-           'BySimilarity', 'Contrastive', 'Similar', 'Tree', 'tree_levels', 'get_strategy']
+__all__ = ['ST_INSTALL', 'STRATEGIES', 'ALIASES', 'Strategy', 'Naive', 'Random', 'Tree', 'tree_levels', 'question_text',
+           'Embedder', 'HashingEmbedder', 'SentenceTransformerEmbedder', 'BySimilarity', 'Contrastive', 'Similar',
+           'Shot', 'Frontier', 'get_strategy']
+
+# %% ../nbs/04_sampling.ipynb #60e7a0a8
+class Strategy:
+    "Picks the next round's formatting example(s) from the round's accepted examples."
+    name, paper_name = '', ''
+
+    def pick(self,
+             current:list[dict],     # this round's formatting example(s)
+             candidates:list[dict],  # the round's accepted examples (or any pool to choose from)
+             rng:random.Random       # the run's random generator
+            ) -> list[dict]:
+        "The next round's formatting example(s); `current` when there are no candidates."
+        return list(self.choose(current, candidates, rng) if candidates else current)
+
+    def choose(self,
+               current:list[dict],    # this round's formatting example(s)
+               candidates:list[dict], # the round's accepted examples (never empty)
+               rng:random.Random      # the round's random generator
+              ) -> list[dict]:
+        "The strategy's choice from a non-empty list of candidates."
+        raise NotImplementedError
+
+    def __repr__(self): return f"{type(self).__name__}()"
+    def _repr_markdown_(self): return f"**`{self.name}`** (paper: *{self.paper_name}*): {self.__doc__}"
+
+# %% ../nbs/04_sampling.ipynb #18815fe3
+class Naive(Strategy):
+    "Keeps the original formatting example for every round."
+    name, paper_name = 'naive', 'naive'
+    def choose(self, current, candidates, rng): return current
+
+# %% ../nbs/04_sampling.ipynb #b1811399
+class Random(Strategy):
+    "Takes one of the round's accepted examples at random."
+    name, paper_name = 'random', 'random'
+    def choose(self, current, candidates, rng): return [rng.choice(candidates)]
+
+# %% ../nbs/04_sampling.ipynb #61dc2fd2
+class Tree(Strategy):
+    "Takes **all** accepted examples, shuffled: each formats one request of the next level (breadth first)."
+    name, paper_name = 'tree', 'tree'
+    def __init__(self, by_level:bool=False): # in the loop: finish a level before the next, shuffle per level, repeat an empty level (the paper)
+        self.by_level = by_level
+    def choose(self, current, candidates, rng): return rng.sample(candidates, len(candidates))
+    def __repr__(self): return f"Tree(by_level={self.by_level})"
+
+# %% ../nbs/04_sampling.ipynb #3dc61c83
+def tree_levels(n_examples:int,   # how many examples the run should create
+                per_request:int   # accepted examples per request (the paper asks for 5)
+               ) -> list[int]:
+    "Requests per level of a tree creation that stops once `n_examples` are made."
+    if per_request < 1: raise ValueError(f"per_request must be at least 1, got {per_request}")
+    levels, made = [], 0
+    while made < n_examples:
+        width = levels[-1] * per_request if levels else 1
+        levels.append(min(width, -(-(n_examples - made) // per_request)))
+        made += levels[-1] * per_request
+    return levels
 
 # %% ../nbs/04_sampling.ipynb #90ea7d2d
-def question_text(ex:dict) -> str:
+def question_text(ex:dict  # an example
+                 ) -> str:
     "The example's question, or all its string values joined when it has none."
     q = ex.get('question')
     if isinstance(q, str) and q.strip(): return q
     return ' '.join(v for v in ex.values() if isinstance(v, str) and v.strip())
 
-# %% ../nbs/04_sampling.ipynb #dffaf45e
-def unit_rows(m:sp.csr_matrix) -> sp.csr_matrix:
-    "`m` with every non-empty row scaled to unit L2 length."
-    m = m.tocsr(copy=True)
-    counts = np.diff(m.indptr)
-    norms = np.sqrt(np.bincount(np.repeat(np.arange(m.shape[0]), counts), weights=m.data.astype(np.float64) ** 2, minlength=m.shape[0]))
-    m.data /= np.repeat(np.where(norms > 0, norms, 1), counts).astype(m.data.dtype)
-    return m
-
 # %% ../nbs/04_sampling.ipynb #7ed09b13
 class Embedder(Protocol):
     "Turns texts into L2-normalised rows (numpy array or scipy sparse matrix)."
-    def embed(self, texts:list[str]): ...
+    def embed(self,
+              texts:list[str]  # texts to embed
+             ):
+        ...
 
 class HashingEmbedder:
     "Offline word 1-2 gram vectors: hashing trick, sublinear tf, L2-normalised rows; needs no fitting."
@@ -50,7 +107,9 @@ class HashingEmbedder:
         opts = dict(n_features=n_features, ngram_range=ngram_range, alternate_sign=False, norm=None, dtype=np.float32)
         self.vectorizer, self.all_words = HashingVectorizer(stop_words=stop_words, **opts), HashingVectorizer(**opts)
 
-    def embed(self, texts:list[str]) -> sp.csr_matrix:
+    def embed(self,
+              texts:list[str]  # texts to embed
+             ) -> sp.csr_matrix:
         "One sparse L2-normalised row per text."
         m = self.vectorizer.transform(texts)
         empty = np.flatnonzero(np.diff(m.indptr) == 0)   # texts of stop words only: count their words after all
@@ -75,123 +134,11 @@ class SentenceTransformerEmbedder:
         try: self.model = SentenceTransformer(model_name, device=device, local_files_only=True)
         except (OSError, ValueError) as e: raise OSError(f"model {model_name!r} is not installed locally ({e}); {ST_INSTALL.format(m=model_name)}") from None
 
-    def embed(self, texts:list[str]) -> np.ndarray:
+    def embed(self,
+              texts:list[str]  # texts to embed
+             ) -> np.ndarray:
         "One dense L2-normalised row per text."
         return self.model.encode(list(texts), normalize_embeddings=True, convert_to_numpy=True)
-
-# %% ../nbs/04_sampling.ipynb #bf67572b
-def _room(a:np.ndarray, size:int) -> np.ndarray:
-    "`a`, or a copy of it with twice the room (at least `size` rows)."
-    if len(a) >= size: return a
-    out = np.empty((max(size, 2 * len(a)),) + a.shape[1:], a.dtype)
-    out[:len(a)] = a
-    return out
-
-class RowStore:
-    "Append-only matrix rows (sparse CSR or dense) in buffers that double when full."
-    def __init__(self): self.n, self.width, self.dense = 0, None, None
-
-    def append(self, m):
-        "Add the rows of `m` (all appended matrices have the same kind and width)."
-        if self.width is None:
-            self.width, self.dense = m.shape[1], not sp.issparse(m)
-            if self.dense: self.rows = np.empty((0, m.shape[1]), m.dtype)
-            else: self.indptr, self.indices, self.data = np.zeros(1, np.int64), np.empty(0, np.int32), np.empty(0, m.dtype)
-        k = m.shape[0]
-        if self.dense:
-            self.rows = _room(self.rows, self.n + k)
-            self.rows[self.n:self.n + k] = m
-        else:
-            m, at = m.tocsr(), self.indptr[self.n]
-            self.indptr, self.indices, self.data = _room(self.indptr, self.n + k + 1), _room(self.indices, at + m.nnz), _room(self.data, at + m.nnz)
-            self.indptr[self.n + 1:self.n + k + 1] = at + m.indptr[1:]
-            self.indices[at:at + m.nnz], self.data[at:at + m.nnz] = m.indices, m.data
-        self.n += k
-
-    def take(self, rows:np.ndarray):
-        "A copy of the rows at `rows`, in that order."
-        if self.dense: return self.rows[rows]
-        starts, lens = self.indptr[rows], self.indptr[rows + 1] - self.indptr[rows]
-        ptr = np.concatenate([[0], np.cumsum(lens)])
-        at = np.repeat(starts - ptr[:-1], lens) + np.arange(ptr[-1])
-        return sp.csr_matrix((self.data[at], self.indices[at], ptr), shape=(len(rows), self.width))
-
-def compact_columns(m):
-    "`m` with only the columns it uses: sparse products then cost what the rows hold, not the 2**20 hashed features."
-    if not sp.issparse(m) or m.nnz * 8 > m.shape[1]: return m   # a big matrix uses most columns anyway
-    cols, inv = np.unique(m.indices, return_inverse=True)
-    return sp.csr_matrix((m.data, inv.ravel(), m.indptr), shape=(m.shape[0], len(cols)))
-
-class VectorCache:
-    "Vectors of texts, each embedded once; cosine similarities with an idf learnt from all cached texts."
-    def __init__(self,
-                 embedder:Embedder=None,  # default: `HashingEmbedder()`
-                 idf:bool=True            # weight sparse vectors by idf at comparison time
-                ):
-        self.embedder, self.idf = embedder or HashingEmbedder(), idf
-        self.row, self.store, self.df = {}, RowStore(), None   # text -> row; the vectors; document frequencies
-
-    def __len__(self): return len(self.row)
-
-    def rows(self, texts:list[str]) -> np.ndarray:
-        "Row numbers of `texts`, embedding the ones not seen before."
-        new = [t for t in dict.fromkeys(texts) if t not in self.row]
-        if new:
-            m = self.embedder.embed(new)
-            self.row.update(zip(new, range(len(self.row), len(self.row) + len(new))))
-            self.store.append(m)
-            if sp.issparse(m) and self.idf:
-                if self.df is None: self.df = np.zeros(m.shape[1], dtype=np.float32)
-                np.add.at(self.df, m.indices, 1)   # touches only the features the new texts use
-        return np.fromiter(map(self.row.__getitem__, texts), dtype=np.int64, count=len(texts))
-
-    def vectors(self, rows:np.ndarray):
-        "The vectors at `rows`, idf-weighted and L2-normalised when the cache keeps an idf."
-        m = self.store.take(rows)
-        if self.df is None: return m
-        m.data *= np.log((1 + len(self)) / (1 + self.df[m.indices])) + 1   # idf of the features used; `m` is a fresh copy
-        return unit_rows(m)
-
-    def similarity(self,
-                   queries:list[str],    # e.g. the current formatting example's question
-                   candidates:list[str]  # e.g. the questions of the round's accepted examples
-                  ) -> np.ndarray:
-        "Cosine similarities: one row per query, one column per candidate."
-        v = compact_columns(self.vectors(self.rows(list(queries) + list(candidates))))
-        s = v[:len(queries)] @ v[len(queries):].T
-        return s.toarray() if sp.issparse(s) else np.asarray(s)
-
-# %% ../nbs/04_sampling.ipynb #60e7a0a8
-class Strategy:
-    "Picks the next round's formatting example(s) from the round's accepted examples."
-    name, paper_name = '', ''
-
-    def pick(self,
-             current:list[dict],     # this round's formatting example(s)
-             candidates:list[dict],  # the round's accepted examples (or any pool to choose from)
-             rng:random.Random       # the run's random generator
-            ) -> list[dict]:
-        "The next round's formatting example(s); `current` when there are no candidates."
-        return list(self.choose(current, candidates, rng) if candidates else current)
-
-    def choose(self, current:list[dict], candidates:list[dict], rng:random.Random) -> list[dict]:
-        "The strategy's choice from a non-empty list of candidates."
-        raise NotImplementedError
-
-    def __repr__(self): return f"{type(self).__name__}()"
-    def _repr_markdown_(self): return f"**`{self.name}`** (paper: *{self.paper_name}*): {self.__doc__}"
-
-# %% ../nbs/04_sampling.ipynb #18815fe3
-class Naive(Strategy):
-    "Keeps the original formatting example for every round."
-    name, paper_name = 'naive', 'naive'
-    def choose(self, current, candidates, rng): return current
-
-# %% ../nbs/04_sampling.ipynb #b1811399
-class Random(Strategy):
-    "Takes one of the round's accepted examples at random."
-    name, paper_name = 'random', 'random'
-    def choose(self, current, candidates, rng): return [rng.choice(candidates)]
 
 # %% ../nbs/04_sampling.ipynb #f5cb9efa
 class BySimilarity(Strategy):
@@ -205,7 +152,10 @@ class BySimilarity(Strategy):
         from datacreator_nb.embed import default_embedder   # the embed module builds on this one
         self.text, self.cache = text, VectorCache(embedder or default_embedder())
 
-    def scores(self, current:list[dict], candidates:list[dict]) -> np.ndarray:
+    def scores(self,
+               current:list[dict],    # the current example(s)
+               candidates:list[dict]  # the examples to score
+              ) -> np.ndarray:
         "Each candidate's cosine similarity to the current example(s), averaged over them."
         return self.cache.similarity([self.text(e) for e in current], [self.text(e) for e in candidates]).mean(axis=0)
 
@@ -219,24 +169,90 @@ class Similar(BySimilarity):
     "Takes the accepted example **most** similar to the current one (text similarity of questions)."
     name, paper_name, sign = 'similar', 'similar', 1
 
-# %% ../nbs/04_sampling.ipynb #61dc2fd2
-class Tree(Strategy):
-    "Takes **all** accepted examples, shuffled: each formats one request of the next level (breadth first)."
-    name, paper_name = 'tree', 'tree'
-    def choose(self, current, candidates, rng): return rng.sample(candidates, len(candidates))
+# %% ../nbs/04_sampling.ipynb #3b0d42e9
+@dataclass
+class Shot:
+    "A formatting example shown in a request, with the id of its record and its depth."
+    example:dict      # the example, its keys in the task's order
+    id:int|None=None  # the id of its record; None for the task's own example
+    depth:int=0       # generations from the task's example
 
-# %% ../nbs/04_sampling.ipynb #3dc61c83
-def tree_levels(n_examples:int,   # how many examples the run should create
-                per_request:int   # accepted examples per request (the paper asks for 5)
-               ) -> list[int]:
-    "Requests per level of a tree creation that stops once `n_examples` are made."
-    if per_request < 1: raise ValueError(f"per_request must be at least 1, got {per_request}")
-    levels, made = [], 0
-    while made < n_examples:
-        width = levels[-1] * per_request if levels else 1
-        levels.append(min(width, -(-(n_examples - made) // per_request)))
-        made += levels[-1] * per_request
-    return levels
+@dataclass
+class Frontier:
+    "Where a run's picking stands: the shots of the coming requests (and, for a tree by levels, the level being sent)."
+    root:dict                                  # the task's own example
+    shots:list=field(default_factory=list)     # chains: one head per chain; tree: the queue, breadth first
+    level:list=field(default_factory=list)     # tree by levels: the shots of the current level (sent again when it yields nothing)
+
+# %% ../nbs/04_sampling.ipynb #0cc0e560
+@patch
+def start(self:Strategy, task, # the task whose example starts every chain
+          parallel:int         # how many chains run side by side
+         ) -> Frontier:
+    "The frontier of a new run: `parallel` chains, each starting from the task's example."
+    return Frontier(task.example, [Shot(task.example)] * parallel)
+
+@patch
+def plan(self:Strategy, frontier:Frontier, # where the run stands
+         k:int,                            # requests the round sends
+         rng:random.Random                 # the round's random generator
+        ) -> list[Shot]:
+    "The shots of the next round's `k` requests: the heads of the first `k` chains."
+    return frontier.shots[:k]
+
+@patch
+def advance(self:Strategy, frontier:Frontier, # where the run stands
+            j:int,                            # the request's position in its round: its chain
+            shot:Shot,                        # the shot the request showed
+            children:list[Shot],              # the accepted examples the request produced
+            rng:random.Random                 # the round's random generator
+           ):
+    "Move chain `j`'s head to the strategy's pick among its request's children (it stays when there are none)."
+    pick = self.pick([shot.example], [c.example for c in children], rng)[0]
+    frontier.shots[j] = next(c for c in [shot, *children] if c.example is pick)
+
+# %% ../nbs/04_sampling.ipynb #58a7e76b
+@patch
+def start(self:Tree, task, # the task whose example is the root
+          parallel:int     # ignored: a tree's width comes from its levels
+         ) -> Frontier:
+    "The frontier of a new tree: its root, the task's example."
+    return Frontier(task.example, [Shot(task.example)])
+
+@patch
+def plan(self:Tree,
+         frontier:Frontier, # where the run stands
+         k:int,             # requests the round sends
+         rng:random.Random  # the round's random generator
+        ) -> list[Shot]:
+    "The next `k` shots of the queue (of the current level only, when by level)."
+    if self.by_level: return _plan_level(frontier, k, rng)
+    if not frontier.shots: frontier.shots = [Shot(frontier.root)]
+    shots, frontier.shots = frontier.shots[:k], frontier.shots[k:]
+    return shots
+
+@patch
+def advance(self:Tree,
+            frontier:Frontier,   # where the run stands
+            j:int,               # the request's position in its round
+            shot:Shot,           # the shot the request showed
+            children:list[Shot], # the accepted examples the request produced
+            rng:random.Random    # the round's random generator
+           ):
+    "Queue a request's children: as they came when by level (shuffled when their level starts), else shuffled, behind every shot no deeper."
+    if self.by_level or not children: frontier.shots += children; return
+    at = len(frontier.shots)
+    while at and frontier.shots[at - 1].depth > shot.depth + 1: at -= 1   # a deeper shot never goes ahead of a shallower one
+    frontier.shots[at:at] = self.pick([], children, rng)
+
+def _plan_level(frontier:Frontier, k:int, rng:random.Random) -> list[Shot]:
+    "Up to `k` shots of the current level; a new level (the children, shuffled, or the same level again) once it is all sent."
+    if not frontier.level or not frontier.shots or frontier.shots[0].depth > frontier.level[0].depth:
+        frontier.level = rng.sample(frontier.shots, len(frontier.shots)) if frontier.shots else frontier.level or [Shot(frontier.root)]
+        frontier.shots = list(frontier.level)
+    same = [s for s in frontier.shots[:k] if s.depth == frontier.level[0].depth]
+    frontier.shots = frontier.shots[len(same):]
+    return same
 
 # %% ../nbs/04_sampling.ipynb #d7fee320
 STRATEGIES = {s.name: s for s in (Naive, Random, Contrastive, Similar, Tree)}
@@ -244,11 +260,13 @@ ALIASES = {'diverse': 'contrastive'}
 
 def get_strategy(name:str,                                  # 'naive', 'random', 'contrastive' (or 'diverse'), 'similar', 'tree'
                  text:Callable[[dict], str]=question_text,  # the text examples are compared by (contrastive, similar)
-                 embedder:Embedder=None                     # embedder for contrastive/similar; default `embed.default_embedder()`
+                 embedder:Embedder=None,                    # embedder for contrastive/similar; default `embed.default_embedder()`
+                 by_level:bool=False                        # tree: level by level, as the paper (see `Tree`)
                 ) -> Strategy:
     "A new strategy object by name."
     key = ALIASES.get(str(name).strip().lower(), str(name).strip().lower())
     if key not in STRATEGIES:
         raise TaskError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)} ('diverse' is the paper's name for 'contrastive')", 'strategy')
     cls = STRATEGIES[key]
-    return cls(text, embedder) if issubclass(cls, BySimilarity) else cls()
+    if issubclass(cls, BySimilarity): return cls(text, embedder)
+    return cls(by_level) if cls is Tree else cls()

@@ -12,14 +12,12 @@ from typing import Awaitable, Callable
 from aiohttp import web
 
 # %% auto #0
-__all__ = ['FAULTS', 'STATUS', 'FAULT_MIX', 'PROSE', 'HTML_PAGE', 'Responder', 'WORDS', 'estimate_tokens', 'chat_response',
-           'Fault', 'damage', 'fault_answer', 'web_response', 'SimulatedServer', 'new_example', 'json_objects',
-           'requested_count', 'varied_examples', 'serve_simulated']
+__all__ = ['FAULTS', 'STATUS', 'FAULT_MIX', 'PROSE', 'HTML_PAGE', 'Responder', 'WORDS', 'chat_response', 'Fault', 'damage',
+           'fault_answer', 'web_response', 'SimulatedServer', 'new_example', 'json_objects', 'requested_count',
+           'varied_examples', 'serve_simulated']
 
 # %% ../nbs/11_simulated_server.ipynb #22f7da24
-def estimate_tokens(text:str) -> int:
-    "Tokens in `text`, estimated as characters / 4 rounded up."
-    return -(-len(text) // 4)
+from .generate import estimate_tokens, prompt_tokens
 
 _ids = itertools.count(1)
 
@@ -29,8 +27,7 @@ def chat_response(content:str,               # the assistant message
                   finish_reason:str='stop'   # 'stop', or 'length' when cut short
                  ) -> dict:
     "An OpenAI chat completion object answering `request` with `content`."
-    prompt = ''.join(str(m.get('content') or '') for m in request.get('messages', []))
-    p, c = estimate_tokens(prompt), estimate_tokens(content)
+    p, c = prompt_tokens(request.get('messages', [])), estimate_tokens(content)
     return {'id': f'chatcmpl-local-{next(_ids)}', 'object': 'chat.completion', 'created': int(time.time()), 'model': model,
             'choices': [{'index': 0, 'message': {'role': 'assistant', 'content': content}, 'finish_reason': finish_reason}],
             'usage': {'prompt_tokens': p, 'completion_tokens': c, 'total_tokens': p + c}}
@@ -89,7 +86,9 @@ class Fault:
 # %% ../nbs/11_simulated_server.ipynb #1e8a0db7
 PROSE = ("Sure! Here are the examples you asked for:\n\n", "\n\nI hope these help. Let me know if you need more!")
 
-def damage(content:str, fault:Fault|None) -> tuple[str, str]:
+def damage(content:str,       # what the responder said
+           fault:Fault|None    # this request's fault, if any
+          ) -> tuple[str, str]:
     "The content and finish_reason a content fault turns `content` into."
     kind = fault.kind if fault else None
     if kind == 'truncate': return content[:len(content)//2], 'length'
@@ -152,7 +151,7 @@ class SimulatedServer:
         self.faults, self.requests, self.served = deque(), [], []
         self.inject(*faults)
 
-    def inject(self, *faults):
+    def inject(self, *faults): # Fault objects or their text, e.g. '429:2', 'drop'
         "Queue faults for the next requests, one each, in order."
         self.faults.extend(Fault.parse(f) for f in faults)
         return self
@@ -217,7 +216,8 @@ def stop(self:SimulatedServer):
 
 # %% ../nbs/11_simulated_server.ipynb #29ba6f89
 @patch
-async def route(self:SimulatedServer, request:web.BaseRequest) -> web.Response:
+async def route(self:SimulatedServer, request:web.BaseRequest # one HTTP request, as aiohttp parsed it
+               ) -> web.Response:
     "The response to one HTTP request."
     arrived, method, path = asyncio.get_running_loop().time(), request.method, request.path.rstrip('/')
     if (method, path) == ('GET', '/v1/models'):
@@ -229,7 +229,10 @@ async def route(self:SimulatedServer, request:web.BaseRequest) -> web.Response:
 
 # %% ../nbs/11_simulated_server.ipynb #7f387eab
 @patch
-def next_fault(self:SimulatedServer, request:dict, index:int) -> Fault|None:
+def next_fault(self:SimulatedServer,
+               request:dict, # the chat request's JSON
+               index:int     # its number among the requests received, from 0
+              ) -> Fault|None:
     "The fault for request number `index`: from `fault_fn`, else the queue, else one drawn at `fault_rate`, else none."
     drawn = self._rng.choice(self.fault_mix) if self._rng.random() < self.fault_rate else None  # drawn every time: reproducible
     f = self.fault_fn(request, index) if self.fault_fn else None
@@ -237,7 +240,8 @@ def next_fault(self:SimulatedServer, request:dict, index:int) -> Fault|None:
     return drawn if f is None else Fault.parse(f)
 
 @patch
-async def respond(self:SimulatedServer, request:dict) -> str|dict:
+async def respond(self:SimulatedServer, request:dict # the chat request's JSON
+                 ) -> str|dict:
     "What the responder says to `request`, awaited when it is a coroutine."
     out = self.responder(request)
     return await out if inspect.isawaitable(out) else out
@@ -264,7 +268,11 @@ async def answer(self:SimulatedServer,
     return out
 
 @patch
-async def reply(self:SimulatedServer, headers:dict, request:dict, fault:Fault|None) -> web.Response|None:
+async def reply(self:SimulatedServer,
+                headers:dict,       # the request's headers (for the API key)
+                request:dict,       # the chat request's JSON
+                fault:Fault|None    # its fault, if any
+               ) -> web.Response|None:
     "The response to a recorded chat request with its fault (None: drop the connection)."
     if self._api_key and headers.get('authorization') != f'Bearer {self._api_key}':
         return web_response(401, _error('Incorrect API key provided.', 'invalid_api_key'))
@@ -324,11 +332,14 @@ def new_example(example:dict,        # the formatting example
 # %% ../nbs/11_simulated_server.ipynb #78511c37
 from .validate import extract_objects
 
-def json_objects(text:str) -> list[dict]:
+def json_objects(text:str # a prompt or a reply
+                ) -> list[dict]:
     "The JSON objects written anywhere in `text`, read as the validator reads a reply."
     return extract_objects(text)[0]
 
-def requested_count(text:str, default:int=3) -> int:
+def requested_count(text:str,     # the last user message
+                    default:int=3    # the count when the text names none
+                   ) -> int:
     "The first integer after 'Create' in `text`, else `default`."
     m = re.search(r'Create\D*?(\d+)', text)
     return int(m.group(1)) if m else default
@@ -343,7 +354,8 @@ def _wants_object(request:dict) -> bool:
     rf = request.get('response_format') or {}
     return 'examples' in rf.get('json_schema', {}).get('schema', {}).get('properties', {})
 
-def varied_examples(seed:int=0) -> Responder:
+def varied_examples(seed:int=0 # random seed of the simulated examples
+                   ) -> Responder:
     "A SIMULATED data creator (not a model): random examples shaped like the prompt's example, as JSON."
     rng = random.Random(seed)
     def respond(request:dict) -> str:

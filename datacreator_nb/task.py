@@ -6,7 +6,6 @@
 from __future__ import annotations
 import json, random
 from dataclasses import dataclass, field
-from functools import cached_property
 from importlib import resources
 from pathlib import Path
 
@@ -42,9 +41,11 @@ class LabelSpace:
     @classmethod
     def yes_no(cls): return cls('fixed', ('True', 'False'), boolean=True)
     @classmethod
-    def fixed(cls, options): return cls('fixed', tuple(options))
+    def fixed(cls, options:list # the options, as shown to the model
+             ): return cls('fixed', tuple(options))
     @classmethod
-    def per_example(cls, n_options): return cls('per_example', n_options=n_options)
+    def per_example(cls, n_options:int # how many options each example carries
+                   ): return cls('per_example', n_options=n_options)
     @classmethod
     def open(cls): return cls('open')
 
@@ -92,7 +93,8 @@ def _value_schema(v) -> dict:
     if isinstance(v, dict): return object_schema(v)
     raise TypeError(f"not a JSON value: {v!r}")
 
-def object_schema(example:dict) -> dict:
+def object_schema(example:dict # a JSON object shown as the format
+                 ) -> dict:
     "A JSON Schema requiring the keys and value types of `example`."
     return {"type": "object",
             "properties": {k: _value_schema(v) for k, v in example.items()},
@@ -185,9 +187,11 @@ class Task:
         return keys
 
 # %% ../nbs/00_task.ipynb #bbbc2f7a
-def _schema(self:Task) -> dict:
-    "JSON Schema of one example of this task."
-    s = object_schema(self.example)
+@patch(as_prop=True)
+def schema(self:Task) -> dict:
+    "JSON Schema of one example of this task, made on first use (a task does not change after it is made)."
+    if '_schema' in self.__dict__: return self._schema
+    self._schema = s = object_schema(self.example)
     props, ls = s['properties'], self.label_space
     if self.options_key in props:
         opt = props[self.options_key]
@@ -195,12 +199,12 @@ def _schema(self:Task) -> dict:
         elif ls.kind == 'per_example': opt.update(minItems=ls.n_options, maxItems=ls.n_options, uniqueItems=True)
     if ls.kind == 'fixed': props[self.answer_key] = {"enum": ls.labels}
     return s
-def _validator(self:Task) -> jsonschema.Draft202012Validator:
-    "The compiled checker of this task's schema."
-    return jsonschema.Draft202012Validator(self.schema)
 
-for name, fn in (('schema', _schema), ('validator', _validator)):
-    setattr(Task, name, cached_property(fn)); getattr(Task, name).__set_name__(Task, name)
+@patch(as_prop=True)
+def validator(self:Task) -> jsonschema.Draft202012Validator:
+    "The compiled checker of this task's schema, made on first use."
+    if '_validator' not in self.__dict__: self._validator = jsonschema.Draft202012Validator(self.schema)
+    return self._validator
 
 # %% ../nbs/00_task.ipynb #2998e301
 def _field_path(prefix:str, err:jsonschema.ValidationError) -> str:
@@ -278,11 +282,14 @@ TASK_TYPES = {
                     LabelSpace.yes_no()),
 }
 
-def data_path(*parts) -> Path:
+def data_path(*parts:str # path parts under the package's `data` folder
+             ) -> Path:
     "Path of a data file shipped with the package."
     return Path(resources.files('datacreator_nb')).joinpath('data', *parts)
 
-def example_from_record(rec:dict, task_type:str) -> dict:
+def example_from_record(rec:dict,      # a record in the paper's format (answer as `label`)
+                        task_type:str  # one of TASK_TYPES
+                       ) -> dict:
     "The formatting example for `task_type` from a paper-format record (no context key when closed-book)."
     ex = {"question": rec.get('question'), "context": rec.get('context'), "options": rec.get('options'), "answer": rec.get('label')}
     if task_type == 'yesno_close' or ex['context'] is None: del ex['context']
@@ -304,18 +311,23 @@ def preset(task_type:str,       # one of 'mcqa_2', 'mcqa_5', 'yesno_open', 'yesn
     return Task(name or task_type, instruction, example, space, source=src)
 
 # %% ../nbs/00_task.ipynb #0177b0a1
-def read_text(path:Path) -> str:
+def read_text(path:Path # a UTF-8 text file
+             ) -> str:
     "The text of a file, or a `TaskError` naming it when it is missing."
     if not path.exists(): raise TaskError("file not found", where=str(path))
     try: return path.read_text(encoding='utf-8')
     except UnicodeDecodeError as e: raise TaskError(f"not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); save the file as UTF-8", where=str(path)) from None
 
-def parse_json(text:str, path:Path, first_line:int=1):
+def parse_json(text:str,         # JSON text
+               path:Path,        # the file it was read from, for error messages
+               first_line:int=1  # line of the file where `text` starts
+              ):
     "The JSON value in `text`, read from `path` starting at `first_line`; errors name the file and line."
     try: return json.loads(text)
     except json.JSONDecodeError as e: raise TaskError(f"not valid JSON ({e.msg} at column {e.colno})", where=f"{path}:{first_line + e.lineno - 1}") from None
 
-def read_jsonl(path) -> list[dict]:
+def read_jsonl(path # a JSON Lines file
+              ) -> list[dict]:
     "The JSON objects of a JSONL file; errors name the file and line."
     path, out = Path(path), []
     for i, line in enumerate(read_text(path).split('\n'), 1):  # not splitlines: U+2028 may sit inside a string
@@ -325,7 +337,9 @@ def read_jsonl(path) -> list[dict]:
         out.append(obj)
     return out
 
-def pick_example(records:list, seed:int=42) -> dict:
+def pick_example(records:list, # records to choose from
+                 seed:int=42    # the paper's seed
+                ) -> dict:
     "The single formatting example, chosen as the paper does (`random.seed(seed); random.choice(data)`)."
     if not records: raise TaskError("no records to pick a formatting example from")
     return random.Random(seed).choice(records)
@@ -336,7 +350,8 @@ def _line_of(text:str, key:str) -> int|None:
     i = text.find(f'"{key}"')
     return text.count('\n', 0, i) + 1 if i >= 0 else None
 
-def load_task(path) -> Task:
+def load_task(path # a task file (JSON)
+             ) -> Task:
     "A `Task` from a JSON file: {name?, task_type? | instruction + label_space, example, answer_key?, options_key?, attributes?}."
     path = Path(path)
     text = read_text(path)
@@ -368,7 +383,8 @@ def _task_from_spec(spec:dict, path:Path) -> Task:
     return Task(spec.get('name', path.stem), spec['instruction'], example, space, source=str(path), **kw)
 
 # %% ../nbs/00_task.ipynb #7e8989e0
-def task_type_of(dataset_dir) -> str:
+def task_type_of(dataset_dir # a folder `<task_type>/<dataset>`
+                ) -> str:
     "The paper's task type of a dataset directory `<task_type>/<dataset>`."
     tt = Path(dataset_dir).resolve().parent.name
     if tt not in TASK_TYPES: raise TaskError(f"parent folder {tt!r} is not a task type; expected <task_type>/<dataset> with task_type in {sorted(TASK_TYPES)}", where=str(dataset_dir))

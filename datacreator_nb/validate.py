@@ -4,20 +4,18 @@
 
 # %% ../nbs/03_validate.ipynb #658a0e3e
 from __future__ import annotations
-import json, re, zlib
+import json, re
 from collections import Counter
 from dataclasses import dataclass, field
-from itertools import chain
 
-import numpy as np
 import pandas as pd
 from fastcore.basics import patch
 
 from .task import Task, TaskError, lone_surrogate_at
 
 # %% auto #0
-__all__ = ['decode_at', 'extract_objects', 'normalise', 'rejection_reason', 'dedup_text', 'words', 'normal_text', 'shingles',
-           'DedupIndex', 'Verdict', 'Validator']
+__all__ = ['decode_at', 'extract_objects', 'normalise', 'rejection_reason', 'dedup_text', 'words', 'normal_text', 'ExactIndex',
+           'Verdict', 'Validator']
 
 # %% ../nbs/03_validate.ipynb #d0558b2e
 _DECODER = json.JSONDecoder()
@@ -202,145 +200,56 @@ def dedup_text(task:Task, # the task the example belongs to
     parts = [ex.get(k) for k in keys]
     return '\n'.join(str(x) for p in parts for x in (p if isinstance(p, list) else [p]) if x is not None)
 
-# %% ../nbs/03_validate.ipynb #776d4f03
+# %% ../nbs/03_validate.ipynb #1cfaf3f9
 _WORD = re.compile(r'\w+')
-_MIX = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9], np.uint64)
 
-def words(text:str) -> list[str]:
+def words(text:str # any text
+         ) -> list[str]:
     "The lower-cased words of `text`, punctuation dropped."
     return _WORD.findall(text.lower())
 
-def _shingle_ids(tokens:list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
-    "Ids (uint32) of the word unigrams and bigrams of each token list, flat, and each list's count."
-    lens = np.array([len(t) for t in tokens], np.int64)
-    crc = {w: zlib.crc32(w.encode()) for w in set(chain.from_iterable(tokens))}
-    u = np.fromiter((crc[w] for t in tokens for w in t), np.uint64, int(lens.sum())) * _MIX[0]
-    counts = np.maximum(2 * lens - 1, 0)
-    doc = np.repeat(np.arange(len(lens)), lens)
-    pos = np.arange(len(u)) - np.repeat(np.cumsum(lens) - lens, lens)
-    slot = np.cumsum(counts) - counts
-    ids = np.empty(int(counts.sum()), np.uint32)
-    ids[slot[doc] + pos] = u >> np.uint64(32)
-    pair = np.flatnonzero(pos[:-1] + 1 < lens[doc[:-1]])
-    ids[slot[doc[pair]] + lens[doc[pair]] + pos[pair]] = ((u[pair] * _MIX[1] ^ u[pair + 1]) * _MIX[2]) >> np.uint64(32)
-    return ids, counts
-
-def normal_text(text:str) -> str:
+def normal_text(text:str # any text
+               ) -> str:
     "`text` lower-cased, without punctuation, whitespace collapsed: equal for exact duplicates."
     return ' '.join(words(text))
 
-def shingles(texts:list[str]) -> list[np.ndarray]:
-    "Ids of the word unigrams and bigrams of each text."
-    ids, counts = _shingle_ids([words(t) for t in texts])
-    return np.split(ids, np.cumsum(counts)[:-1])
+# %% ../nbs/03_validate.ipynb #d77a59d9
+class ExactIndex:
+    "The texts kept so far, by their `normal_text`: finds exact copies (the paper's check)."
+    threshold = None  # no similarity threshold: exact copies only
+    def __init__(self): self._exact, self._kept = {}, 0
+    def __len__(self): return self._kept
 
-# %% ../nbs/03_validate.ipynb #f2182a15
-def _jaccard(a:np.ndarray, b:np.ndarray) -> float:
-    "Jaccard similarity of the sets of ids in `a` and `b`."
-    a, b = np.unique(a), np.unique(b)
-    inter = np.intersect1d(a, b, assume_unique=True).size
-    return inter / max(a.size + b.size - inter, 1)
+    def _sketch(self, texts:list[str]):
+        "Per text: its normal text, then whatever else a subclass compares by."
+        return ((normal_text(t),) for t in texts)
 
-class DedupIndex:
-    "Exact and near-duplicate index of texts: MinHash signatures in LSH band buckets."
-    def __init__(self,
-                 threshold:float=0.7, # Jaccard similarity of word 1+2-gram sets at which texts are near-duplicates
-                 num_perm:int=64,     # MinHash signature length
-                 bands:int=16,        # LSH bands (num_perm/bands rows each)
-                 seed:int=0):         # seed of the hash functions
-        rng = np.random.default_rng(seed)
-        self.threshold, self.bands, self.rows = threshold, bands, num_perm // bands
-        self._a = rng.integers(0, 2**64, (num_perm, 1), dtype=np.uint64, endpoint=False) | np.uint64(1)
-        self._b = rng.integers(0, 2**64, (num_perm, 1), dtype=np.uint64, endpoint=False)
-        self._mix = rng.integers(0, 2**64, self.rows, dtype=np.uint64, endpoint=False) | np.uint64(1)
-        self._exact, self._shingles = {}, []
-        self._sigs = np.empty((1024, num_perm), np.uint32)
-        self._buckets = [{} for _ in range(bands)]
+    def _near(self, norm:str, *sketch) -> int|None:
+        "Id of a kept text that `norm` nearly copies; exact copies only here: None."
+        return None
 
-    def __len__(self): return len(self._shingles)
+    def _insert(self, norm:str, *sketch) -> int:
+        "Keep a text; its id."
+        i, self._kept = self._kept, self._kept + 1
+        self._exact.setdefault(norm, i)
+        return i
 
-# %% ../nbs/03_validate.ipynb #12d76bbc
+# %% ../nbs/03_validate.ipynb #027e5a96
 @patch
-def _signatures(self:DedupIndex, ids:np.ndarray, counts:np.ndarray, chunk:int=2048) -> np.ndarray:
-    "MinHash signatures, one row per text (all ones for a text without shingles)."
-    sig = np.full((len(counts), len(self._a)), np.iinfo(np.uint32).max, np.uint32)
-    starts, rows = np.cumsum(counts) - counts, np.flatnonzero(counts)
-    for lo in range(0, len(rows), chunk):
-        part = rows[lo:lo + chunk]
-        first, end = starts[part[0]], starts[part[-1]] + counts[part[-1]]
-        hashed = self._a * ids[first:end].astype(np.uint64)
-        hashed += self._b
-        hashed >>= np.uint64(32)
-        sig[part] = np.minimum.reduceat(hashed, starts[part] - first, axis=1).T
-    return sig
-
-@patch
-def _band_keys(self:DedupIndex, sig:np.ndarray) -> np.ndarray:
-    "One 64-bit key per LSH band of each signature."
-    return (sig.reshape(len(sig), self.bands, self.rows).astype(np.uint64) * self._mix).sum(axis=2)
-
-# %% ../nbs/03_validate.ipynb #c10deb1e
-@patch
-def _bucket(self:DedupIndex, keys:list) -> set:
-    "Ids of the kept texts that share an LSH band with band keys `keys`."
-    out = set()
-    for band, k in zip(self._buckets, keys):
-        v = band.get(k)
-        if v is not None:
-            if isinstance(v, list): out.update(v)
-            else: out.add(v)
-    return out
-
-@patch
-def _near(self:DedupIndex, sh:np.ndarray, sig:np.ndarray, keys:list) -> int|None:
-    "Id of a kept text whose Jaccard similarity with `sh` reaches the threshold, else None."
-    cands = list(self._bucket(keys))
-    if not cands or not len(sh): return None
-    agree = (self._sigs[cands] == sig).mean(axis=1)
-    for i in np.argsort(-agree):
-        if agree[i] < self.threshold - 0.25: break
-        if _jaccard(sh, self._shingles[cands[i]]) >= self.threshold: return cands[i]
-    return None
-
-@patch
-def _insert(self:DedupIndex, norm:str, sh:np.ndarray, sig:np.ndarray, keys:list) -> int:
-    "Keep a text; its id."
-    i = len(self._shingles)
-    if i == len(self._sigs): self._sigs = np.concatenate([self._sigs, np.empty_like(self._sigs)])
-    self._sigs[i] = sig
-    self._shingles.append(sh)
-    self._exact.setdefault(norm, i)
-    if len(sh):
-        for band, k in zip(self._buckets, keys):
-            v = band.setdefault(k, i)
-            if isinstance(v, list): v.append(i)
-            elif v != i: band[k] = [v, i]
-    return i
-
-@patch
-def _sketch(self:DedupIndex, texts:list[str], batch:int=8192):
-    "Per text: normalised text, shingle ids, signature and band keys, computed a batch at a time."
-    for lo in range(0, len(texts), batch):
-        tokens = [words(t) for t in texts[lo:lo + batch]]
-        ids, counts = _shingle_ids(tokens)
-        sig = self._signatures(ids, counts)
-        yield from zip([' '.join(t) for t in tokens], np.split(ids, np.cumsum(counts)[:-1]), sig, self._band_keys(sig).tolist())
-
-@patch
-def match(self:DedupIndex, texts:list[str], # texts to compare, in order, with everything kept before them
-          add:bool=True     # keep each new text
+def match(self:ExactIndex, texts:list[str], # texts to compare, in order, with everything kept before them
+          add:bool=True                     # keep each new text
          ) -> list[tuple[str, int]|None]:
-    "Per text: None if new (kept when `add`), else ('exact' | 'near', id of the kept text it duplicates)."
+    "Per text: None if new (kept when `add`), else ('exact' | 'near', id of the kept text it copies)."
     out = []
-    for norm, sh, sig, keys in self._sketch(texts):
+    for norm, *sketch in self._sketch(texts):
         hit = ('exact', self._exact[norm]) if norm in self._exact else None
-        if hit is None and (j := self._near(sh, sig, keys)) is not None: hit = ('near', j)
-        if hit is None and add: self._insert(norm, sh, sig, keys)
+        if hit is None and (j := self._near(norm, *sketch)) is not None: hit = ('near', j)
+        if hit is None and add: self._insert(norm, *sketch)
         out.append(hit)
     return out
 
 @patch
-def add(self:DedupIndex, texts:list[str] # texts to keep as they are
+def add(self:ExactIndex, texts:list[str] # texts to keep as they are
        ) -> list[int]:
     "Keep `texts` without comparing them; their ids."
     return [self._insert(*x) for x in self._sketch(texts)]
@@ -374,24 +283,22 @@ class Validator:
     "Turns raw replies of a model into accepted examples of `task`, with a reason for every rejection."
     def __init__(self,
                  task:Task,            # the task examples must fit
-                 near_dup:float=0.7,   # Jaccard similarity (word 1+2-grams) from which an example is a near-duplicate
-                 seeds:list=None):     # examples never to copy; default: the task's formatting example
-        self.task, self.counts, self.index, self._origin = task, Counter(), DedupIndex(near_dup), []
-        self._keep([normalise(task, s) for s in ([task.example] if seeds is None else seeds)], 'seed')
+                 near_dup:float|None=0.7, # Jaccard similarity (word 1+2-grams) from which an example is a near-duplicate; None: exact copies only
+                 shots:list=None):     # examples never to copy; default: the task's formatting example
+        from datacreator_nb.near_duplicates import DedupIndex   # the at-scale lesson builds on this one
+        self.task, self.counts, self._origin = task, Counter(), []
+        self.index = ExactIndex() if near_dup is None else DedupIndex(near_dup)
+        self._keep([normalise(task, s) for s in ([task.example] if shots is None else shots)], 'shot')
 
     def _keep(self, examples:list, origin:str):
         "Put normalised examples into the pool without comparing them, remembering where they came from."
         self.index.add([dedup_text(self.task, ex) for ex in examples])
         self._origin += [origin] * len(examples)
 
-    def add_accepted(self, examples:list):
-        "Put examples (or paper-format records) already accepted, e.g. on resume, into the pool."
-        self._keep([normalise(self.task, ex) for ex in examples], 'pool')
-
     def _dup_reason(self, hit:tuple) -> str:
-        "Reason code for a duplicate: a copy of a seed, or an exact / near copy of an accepted example."
+        "Reason code for a duplicate: a copy of a shot, or an exact / near copy of an accepted example."
         kind, i = hit
-        return 'seed_copy' if self._origin[i] == 'seed' else f'{kind}_duplicate'
+        return 'shot_copy' if self._origin[i] == 'shot' else f'{kind}_duplicate'
 
 # %% ../nbs/03_validate.ipynb #93783835
 @patch
@@ -434,3 +341,10 @@ def report(self:Validator) -> pd.DataFrame:
 def _repr_markdown_(self:Validator) -> str:
     "Pool size and the report as a markdown table."
     return f"**Validator for `{self.task.name}`**: {len(self.index)} examples in the pool\n\n" + self.report().to_markdown(index=False)
+
+# %% ../nbs/03_validate.ipynb #dd531768
+@patch
+def add_accepted(self:Validator, examples:list # examples, or records in the paper's format
+                ):
+    "Put examples (or paper-format records) already accepted, e.g. on resume, into the pool."
+    self._keep([normalise(self.task, ex) for ex in examples], 'pool')

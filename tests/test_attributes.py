@@ -196,3 +196,187 @@ def test_proposal_replaces_the_examples_format():
         assert asyncio.run(go(srv)) == ["volcanoes", "bees", "tides"]
         sent = srv.requests[0]['response_format']['json_schema']
     assert sent['name'] == 'attribute_values' and sent['schema']['properties']['values']['maxItems'] == 3
+
+
+# --- the conditioner of a creation run ------------------------------------------------------------
+
+from datacreator_nb.attributes import Conditioner, field_values
+
+
+def test_conditioner_walks_the_conditions_across_rounds():
+    "Request j of round r is request r * parallel + j: the run's requests see every topic before any repeats, and balance alternates."
+    c = Conditioner(task(TOPICS), balance=True, seed=3, parallel=2)
+    c.proposed = TOPICS
+    asks = [c.ask(r, j, 5) for r in range(2) for j in range(2)]
+    assert sorted(a['conditions']['topic'] for a in asks) == sorted(TOPICS['topic'])
+    assert [a['label_targets'] for a in asks] == [{True: 3, False: 2}, {True: 2, False: 3}] * 2
+    assert asks == [c.ask(r, j, 5) for r in range(2) for j in range(2)]                       # the same on every replay
+    assert [a['conditions'] for a in asks] == sample_conditions(task(TOPICS), 4, seed=3, proposed=TOPICS)
+    assert Conditioner(preset('yesno_close')).ask(4, 1, 5) == {}                               # nothing asked: nothing added
+    assert Conditioner(preset('mcqa_5'), balance=True).ask(0, 0, 5) == {'label_targets': {1: 1, 2: 1, 3: 1, 4: 1, 5: 1}}
+    with pytest.raises(ValueError, match="mode must be one of"): Conditioner(task(), mode='random')
+    with pytest.raises(ValueError, match="parallel must be a whole number"): Conditioner(task(), parallel=0)
+
+
+def test_record_keeps_the_request_through_json():
+    c = Conditioner(task(TOPICS), balance=True)
+    asked = {'conditions': {'topic': 'bees'}, 'label_targets': {True: 3, False: 2}}
+    assert json.loads(json.dumps(c.record(asked))) == {'conditions': {'topic': 'bees'}, 'label_targets': [[True, 3], [False, 2]]}
+    assert c.record({}) == {}
+
+
+def test_conditioner_proposes_once_and_a_resume_reuses_the_state():
+    reply = json.dumps(["volcanoes", "bees", "tides", "chess"])
+    c = Conditioner(task(), balance=True)
+    state, srv = propose(lambda req: reply, lambda g: c.aprepare(g))
+    assert state == {'proposed': TOPICS} and srv.count == 1
+    resumed = Conditioner(task(), balance=True)
+    saved = json.loads(json.dumps(state))                                                       # as read back from the state file
+    again, srv2 = propose(lambda req: 'never asked', lambda g: resumed.aprepare(g, saved))
+    assert again == state and srv2.count == 0
+    assert [resumed.ask(r, 0, 5) for r in range(6)] == [c.ask(r, 0, 5) for r in range(6)]
+    assert json.loads(json.dumps(c.settings())) == resumed.settings() != Conditioner(task(), balance=False).settings()
+    assert c.settings()['attributes']['style'] == {'values': ['plain', 'playful', 'formal'], 'weights': [6, 3, 1], 'propose': None}
+
+
+def test_unprepared_conditioner_says_what_is_missing():
+    with pytest.raises(TaskError, match="field 'attributes.topic': has no values yet"):
+        Conditioner(task()).ask(0, 0, 5)
+
+
+def test_report_counts_every_request_of_the_run():
+    "A run's rounds say how many requests each sent; the report asks the conditioner for their targets again."
+    import pandas as pd
+    from types import SimpleNamespace
+    t, c = preset('yesno_close'), Conditioner(preset('yesno_close'), balance=True, parallel=2)
+    recs = [t.to_record({'question': f'claim {i}', 'options': ['True', 'False'], 'answer': i < 4}) for i in range(6)]
+    result = SimpleNamespace(rounds=pd.DataFrame({'round': [0, 1], 'requests': [2, 1]}), records=recs)
+    assert c.report(result, 5)[['label', 'asked', 'got']].values.tolist() == [['True', 8, 4], ['False', 7, 2]]
+
+
+# --- passage first, then questions about it -------------------------------------------------------
+
+OPEN = preset('yesno_open')
+DUNE = "The Great Dune of Pilat, on the Atlantic coast of France, is the tallest sand dune in Europe and moves inland by several metres every year."
+REEF = "Coral reefs cover less than one percent of the ocean floor, yet about a quarter of all known marine species live on or around them."
+
+
+def test_passages_are_proposed_validated_and_deduplicated():
+    reply = json.dumps([DUNE, "Too short.", DUNE.replace('several', 'a few'), OPEN.example['context'], REEF])
+    t = replace(OPEN, attributes={'context': {'propose': 5}})
+    state, srv = propose(lambda req: reply, lambda g: Conditioner(t).aprepare(g))
+    assert state == {'proposed': {'context': [DUNE, REEF]}}
+    system = srv.requests[0]['messages'][0]['content']
+    assert 'give one value of the field **context**' in system and 'a complete context, about as long as the example' in system
+    with pytest.raises(TaskError, match="field 'attributes.context': the model proposed no usable values"):
+        propose(lambda req: json.dumps(["Too short.", OPEN.example['context']]), lambda g: Conditioner(t).aprepare(g))
+
+
+def test_each_request_fixes_one_passage_and_passages_are_reused():
+    t = replace(OPEN, attributes={'context': {'propose': 2}, 'difficulty': ['easy', 'hard']})
+    c = Conditioner(t, balance=True, parallel=4)
+    c.proposed = {'context': [DUNE, REEF]}
+    asks = [c.ask(r, j, 4) for r in range(2) for j in range(4)]
+    assert all(sorted(a) == ['conditions', 'fixed', 'label_targets'] and list(a['conditions']) == ['difficulty'] for a in asks)
+    assert Counter(a['fixed']['context'] for a in asks) == Counter({DUNE: 4, REEF: 4})
+    assert c.fixed_fields == ('context',) and Conditioner(task(TOPICS)).fixed_fields == ()
+    system = messages(t, n=4, **asks[0])[0]['content']
+    assert f'copy it unchanged into its "context" field: {json.dumps(asks[0]["fixed"]["context"])}' in system
+    assert 'exactly 2 with answer True, 2 with answer False' in system
+
+
+def test_a_changed_passage_is_repaired_or_rejected():
+    "Repaired: the model's copy differs in case, spacing or punctuation, or is shortened; rejected: it wrote another passage."
+    c = Conditioner(replace(OPEN, attributes={'context': {'propose': 1}}))
+    asked = {'fixed': {'context': DUNE}}
+    q = lambda ctx: {'question': 'Does the dune move?', 'context': ctx, 'options': ['True', 'False'], 'answer': True}
+    assert c.settle(asked, q(DUNE)) == q(DUNE)
+    assert c.settle(asked, q('  ' + DUNE.lower().replace(',', ''))) == q(DUNE)
+    assert c.settle(asked, q(DUNE[:70])) == q(DUNE)
+    assert c.settle(asked, q(REEF)) is None
+    assert c.settle(asked, q(DUNE + ' It is also the oldest dune in the world.')) is None          # added text: not ours
+    assert c.settle(asked, q('...')) is None
+    assert c.settle({}, q(REEF)) == q(REEF)                                                      # nothing fixed: kept as it is
+
+
+def test_too_few_usable_values_ask_again_and_merge():
+    "A small model's reply: labels, markup, gibberish; the request is sent again (another sample) until enough are usable, 3 at most."
+    replies = iter([json.dumps(["True", "bees", "{value1}", "natives21045689374"]), json.dumps(["Bees", "tides,", "chess"]), 'never sent'])
+    values, srv = propose(lambda req: next(replies), lambda g: propose_values(task(), 'topic', 3, g))
+    assert values == ["bees", "tides", "chess"] and srv.count == 2
+    _, srv = propose(lambda req: json.dumps(["bees"]), lambda g: propose_values(task(), 'topic', 3, g))
+    assert srv.count == 3
+
+
+# --- end to end: create(..., conditioner=...) through the simulated server ------------------------
+
+import re
+from datacreator_nb.create import create
+
+CLAIM_WORDS = "amber basalt cedar delta ember fjord garnet harbor iris jasper kelp lagoon maple nectar onyx prairie quartz reef sierra tundra".split()
+
+
+def asked_counts(system):
+    "The label mix a request asks for, read from its rules ({True: 3, False: 2}), or None."
+    m = re.search(r"exactly (\d+) with answer True, (\d+) with answer False", system)
+    return {True: int(m[1]), False: int(m[2])} if m else None
+
+
+def obedient(topics, passage_edit=lambda p, i: p):
+    "A SIMULATED model: proposes `topics`; writes claims about the request's topic (and passage) with exactly the asked label mix."
+    count = iter(range(10**6))
+    def answer(req):
+        system = req['messages'][0]['content']
+        if 'distinct values of' in system: return json.dumps(topics)
+        n, mix = int(re.search(r"Create (\d+)", req['messages'][-1]['content'])[1]), asked_counts(system)
+        labels = [True] * mix[True] + [False] * mix[False] if mix else [True] * n
+        topic = (re.search(r"topic = ([^;.]+)", system) or [None, 'anything'])[1]
+        passage = re.search(r'"context" field: (".*")', system)
+        out = []
+        for a in labels:
+            i = next(count)
+            words = ' '.join(CLAIM_WORDS[(i * k + 3) % len(CLAIM_WORDS)] for k in (1, 7, 11, 13))
+            ex = {"question": f"Claim {i} about {topic}: {words} number {i}?", "options": ["True", "False"], "answer": a}
+            if passage: ex["context"] = passage_edit(json.loads(passage[1]), i)
+            out.append(ex)
+        return json.dumps(out)
+    return answer
+
+
+def run_create(responder, t, n, cond, out=None, **kw):
+    with SimulatedServer(responder) as srv:
+        g = Generator('simulated', base_url=srv.base_url, api_key='sk-x')
+        res = create(t, n, strategy='naive', generator=g, per_request=5, parallel=2, conditioner=cond, progress=False, out=out, **kw)
+        return res, srv
+
+
+def test_create_with_topics_and_balance_end_to_end(tmp_path):
+    t = task({"topic": {"propose": 4}, "difficulty": ["easy", "hard"]})
+    out = tmp_path / 'set.jsonl'
+    res, srv = run_create(obedient(TOPICS['topic']), t, 20, Conditioner(t, balance=True, parallel=2), out)
+    proposals = [r for r in srv.requests if 'distinct values of' in r['messages'][0]['content']]
+    assert len(res.records) == 20 and len(proposals) == 1
+    metas = [r['_meta'] for r in res.records]
+    assert {m['conditions']['topic'] for m in metas} == set(TOPICS['topic'])
+    assert all(f"about {m['conditions']['topic']}:" in r['question'] for m, r in zip(metas, res.records))   # the prompt named it
+    assert Counter(r['label'] for r in res.records) == Counter({True: 10, False: 10})
+    report = Conditioner(t, balance=True, parallel=2)
+    report.proposed = TOPICS
+    assert report.report(res, 5)[['label', 'asked', 'got']].values.tolist() == [['True', 10, 10], ['False', 10, 10]]
+    # resume to 30: the proposal is not asked again, the conditions go on where they stopped
+    more, srv2 = run_create(obedient(['never', 'asked']), t, 30, Conditioner(t, balance=True, parallel=2), out)
+    assert len(more.records) == 30 and not [r for r in srv2.requests if 'distinct values of' in r['messages'][0]['content']]
+    assert {r['_meta']['conditions']['topic'] for r in more.records} == set(TOPICS['topic'])
+    with pytest.raises(TaskError, match="other settings"):
+        run_create(obedient(TOPICS['topic']), t, 40, Conditioner(t, balance=False, parallel=2), out)
+
+
+def test_create_open_book_passages_end_to_end():
+    "Passages first, then questions: a shortened copy is repaired, another passage rejected; passages reused across requests."
+    t = replace(OPEN, attributes={"context": {"propose": 2}})
+    edit = lambda p, i: p[:60] if i % 5 == 1 else ("An unrelated passage about kites and wind." if i % 5 == 2 else p)
+    res, srv = run_create(obedient([DUNE, REEF], edit), t, 24, Conditioner(t, balance=True, parallel=2))
+    assert {r['context'] for r in res.records} == {DUNE, REEF}
+    assert res.rejections['fixed_field_changed'] > 0
+    assert not any(r['question'].startswith(f"Claim {i} ") for r in res.records for i in range(2, 10**4, 5))
+    assert any(r['question'].startswith(f"Claim {i} ") for r in res.records for i in range(1, 200, 5))  # repaired ones are kept

@@ -188,3 +188,42 @@ def test_demo_takes_the_lock_before_deleting_a_running_demos_files(tmp_path):
             r = cli('demo', '--out', tmp_path, '--n', 6, env={**os.environ, 'OPENAI_BASE_URL': srv.base_url, 'OPENAI_MODEL': 'simulated'})
     assert r.returncode == 2 and 'another run is writing this file now' in r.stderr
     assert data.read_bytes() == before and (tmp_path/'data.jsonl.state.json').exists()
+
+
+# ---------------------------------------------------------------- profile, attributes, balance, curation (create's options)
+
+def state_settings(out): return json.loads(Path(f'{out}.state.json').read_text())['settings']
+
+
+def test_paper_profile_from_the_command_line(tmp_path):
+    out = tmp_path/'p.jsonl'
+    r = cli('create', '--preset', 'yesno_close', '--n', 12, '--strategy', 'random', '--simulated', '--profile', 'paper', '--out', out, '--quiet')
+    assert r.returncode == 0, r.stderr
+    s = state_settings(out)
+    assert (s['profile'], s['top_p'], s['temperature'], s['parallel'], s['by_level'], s['style']) == ('paper', 0.0, 1.0, 1, True, 'paper')
+    assert [json.loads(l)['requests'] for l in Path(f'{out}.rounds.jsonl').read_text().splitlines()] == [1, 1, 1]
+    bad = cli('create', '--preset', 'yesno_close', '--n', 5, '--simulated', '--profile', 'paper', '--top-p', 0.5, '--out', tmp_path/'q.jsonl', '--quiet')
+    assert bad.returncode == 2 and 'top_p=0.0 (the generator has 0.5)' in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_attributes_file_and_balance(tmp_path):
+    out, spec = tmp_path/'a.jsonl', tmp_path/'attrs.json'
+    spec.write_text(json.dumps({'attributes': {'topic': ['bees', 'tides', 'chess'], 'difficulty': ['easy', 'hard']}}))
+    r = cli('create', '--preset', 'yesno_close', '--n', 15, '--strategy', 'naive', '--parallel', 3, '--simulated', '--attributes', spec, '--balance',
+            '--out', out, '--quiet')
+    assert r.returncode == 0, r.stderr
+    recs = read_jsonl(out)
+    assert {x['_meta']['conditions']['topic'] for x in recs} == {'bees', 'tides', 'chess'} and all(x['_meta']['label_targets'] for x in recs)
+    assert state_settings(out)['balance'] is True and state_settings(out)['attributes']['topic']['values'] == ['bees', 'tides', 'chess']
+    spec.write_text('{"topic": ["bees",')
+    bad = cli('create', '--preset', 'yesno_close', '--n', 5, '--simulated', '--attributes', spec, '--out', tmp_path/'b.jsonl', '--quiet')
+    assert bad.returncode == 2 and f'{spec}:1' in bad.stderr and 'not valid JSON' in bad.stderr
+
+
+def test_curate_in_the_loop_and_the_curate_command(tmp_path):
+    out = tmp_path/'c.jsonl'
+    r = cli('create', '--preset', 'yesno_close', '--n', 10, '--strategy', 'random', '--simulated', '--curate', '--out', out, '--quiet')
+    assert r.returncode == 0, r.stderr
+    assert all('_curation' in x for x in read_jsonl(out)) and state_settings(out)['curator']['threshold'] == 3.0
+    kept = cli('curate', out, tmp_path/'kept.jsonl')
+    assert kept.returncode == 0, kept.stderr

@@ -528,3 +528,160 @@ def test_the_embedded_model_is_one_endpoint_whatever_its_port(tmp_path):
     with SimulatedServer(varied_examples(3), model=MODEL_ALIAS) as first: run(first, 10, out=out, gen_kw={'model': MODEL_ALIAS})
     with SimulatedServer(varied_examples(3), model=MODEL_ALIAS) as second: res = run(second, 15, out=out, gen_kw={'model': MODEL_ALIAS})
     assert first.port != second.port and len(res.records) == 15
+
+
+# ---------------------------------------------------------------- hooks: a conditioner, a curator
+
+from types import SimpleNamespace
+from dataclasses import replace as with_fields
+from datacreator_nb.attributes import Conditioner
+from datacreator_nb.create import PROFILES, NEAR_DUP_OFF
+from datacreator_nb.sampling import Tree
+
+TOPICS = ["volcanoes", "bees", "tides", "chess"]
+
+
+def proposing(req) -> str:
+    "Topics for a proposal request, else `deterministic` examples."
+    return json.dumps(TOPICS) if 'distinct values of topic' in req['messages'][0]['content'] else deterministic(req)
+
+
+def topic_task(): return with_fields(preset('yesno_close'), attributes={'topic': {'propose': 4}, 'difficulty': ['easy', 'hard']})
+
+
+def test_conditions_reach_every_request_and_record():
+    task = topic_task()
+    with SimulatedServer(proposing) as srv:
+        res = run(srv, 20, task, strategy='random', per_request=5, parallel=2, conditioner=Conditioner(task, balance=True, parallel=2))
+        systems = [r['messages'][0]['content'] for r in srv.requests]
+    assert 'distinct values of topic' in systems[0] and not any('distinct values' in s for s in systems[1:])
+    assert all('**must** be about: topic = ' in s and 'difficulty = ' in s and 'there **must** be exactly' in s for s in systems[1:])
+    assert len(res.records) == 20 and {r['_meta']['conditions']['topic'] for r in res.records} <= set(TOPICS)
+    assert all(r['_meta']['label_targets'] for r in res.records)
+    assert res.settings['balance'] is True and res.settings['attributes']['difficulty']['values'] == ['easy', 'hard']
+
+
+def test_a_resume_reuses_the_proposed_values_and_their_cost_counts(tmp_path):
+    task, out = topic_task(), tmp_path/'d.jsonl'
+    with SimulatedServer(proposing) as srv:
+        first = run(srv, 10, task, out=out, strategy='random', parallel=2, gen_kw=PAPER_PRICE, conditioner=Conditioner(task, parallel=2))
+        asked = srv.count
+        more = run(srv, 20, task, out=out, strategy='random', parallel=2, gen_kw=PAPER_PRICE, conditioner=Conditioner(task, parallel=2))
+        proposals = [r for r in srv.requests if 'distinct values' in r['messages'][0]['content']]
+    assert len(proposals) == 1 and srv.count > asked and len(more.records) == 20
+    assert json.loads(state_path(out).read_text())['prepared'] == {'proposed': {'topic': TOPICS}}
+    assert first.prepare_usd > 0 and more.prepare_usd == first.prepare_usd
+    assert more.usd == pytest.approx(more.prepare_usd + more.rounds['usd'].sum())
+    with SimulatedServer(proposing) as srv, pytest.raises(TaskError, match='other settings.*balance'):
+        run(srv, 30, task, out=out, strategy='random', parallel=2, gen_kw=PAPER_PRICE, conditioner=Conditioner(task, balance=True, parallel=2))
+    with SimulatedServer(proposing) as srv, pytest.raises(TaskError, match='other settings.*attributes'):
+        run(srv, 30, task, out=out, strategy='random', parallel=2, gen_kw=PAPER_PRICE)   # resumed without its conditioner
+
+
+class StandIn:
+    "The smallest conditioner: a topic per request, a note per record, and every other example's fixed field 'changed'."
+    def __init__(self): self.calls, self.settled = [], 0
+    async def aprepare(self, gen, saved): return saved or {'made': True}
+    def settings(self): return {'stand_in': 1}
+    def ask(self, rnd, j, per_request): self.calls.append((rnd, j, per_request)); return {'conditions': {'topic': f'r{rnd}j{j}'}}
+    def record(self, asked): return {'asked_topic': asked['conditions']['topic']}
+    def settle(self, asked, ex):
+        self.settled += 1
+        return ex if self.settled % 2 else None
+
+
+def test_any_object_with_the_conditioner_methods_is_one():
+    c = StandIn()
+    with SimulatedServer(deterministic) as srv:
+        res = run(srv, 9, strategy='naive', per_request=4, parallel=2, conditioner=c)
+        systems = [r['messages'][0]['content'] for r in srv.requests]
+    assert c.calls[:2] == [(0, 0, 4), (0, 1, 4)] and 'topic = r0j1' in systems[1]
+    assert res.rejections['fixed_field_changed'] >= 4 and len(res.records) == 9
+    assert all(r['_meta']['asked_topic'] == f"r{r['_meta']['round']}j{i}" for r in res.records for i in [0, 1] if r['_meta']['asked_topic'].endswith(f'j{i}'))
+    assert res.settings['stand_in'] == 1
+
+
+class DropOdd:
+    "A curator that drops the examples whose question has an odd number of words (reason 'odd'), and scores the others."
+    def __init__(self): self.seen = []
+    async def acurate(self, task, records, msgs):
+        self.seen.append(msgs)
+        out = [{**r, '_curation': {'flags': ['odd'] if len(r['question'].split()) % 2 else [], 'notes': [], 'score': 5}} for r in records]
+        return SimpleNamespace(records=out)
+
+
+def test_a_curator_drops_examples_before_they_become_records():
+    cur = DropOdd()
+    with SimulatedServer(varied_examples(5)) as srv:
+        res = run(srv, 25, strategy='random', per_request=5, parallel=2, curator=cur)
+    assert len(res.records) == 25 and all(len(r['question'].split()) % 2 == 0 for r in res.records)
+    assert res.rejections['odd'] > 0 and res.rounds['rejected'].sum() >= res.rejections['odd']
+    assert all(r['_curation']['score'] == 5 for r in res.records)
+    assert cur.seen[0][0]['role'] == 'system' and 'Here is the example' in cur.seen[0][1]['content']
+
+
+def test_the_real_curator_drops_meta_text():
+    from datacreator_nb.curate import Curator
+    claims = ["Copper conducts electricity better than glass does.", "Honey bees live in colonies with one queen.",
+              "The Moon has no atmosphere that people could breathe.", "Chess is played on a board of sixty-four squares.",
+              "Mount Everest is the highest mountain above sea level.", "Penguins live mostly in the southern hemisphere."]
+    def reply(req):
+        i = ASKED['n']; ASKED['n'] += 1
+        return json.dumps([{'question': claims[i % len(claims)], 'options': ['True', 'False'], 'answer': True},
+                           {'question': 'Here are 5 new examples in JSON format.', 'options': ['True', 'False'], 'answer': True}])
+    with SimulatedServer(reply) as srv:
+        res = run(srv, 4, strategy='naive', per_request=2, parallel=2, curator=Curator())
+    assert [r['question'] for r in res.records] == claims[:4]
+    assert res.rejections['meta_text'] >= 2 and all('_curation' in r for r in res.records)
+
+
+# ---------------------------------------------------------------- the paper's profile
+
+def paper_gen(srv, **kw): return gen(srv, **PROFILES['paper']['generator'], **kw)
+
+
+@pytest.mark.parametrize('name', ['random', 'contrastive', 'similar'])
+def test_paper_profile_reaches_the_request_and_runs_one_chain(tmp_path, name):
+    out = tmp_path/'p.jsonl'
+    with SimulatedServer(deterministic) as srv:
+        res = create(preset('yesno_close'), 22, strategy=name, generator=paper_gen(srv), out=out, profile='paper', progress=False)
+        reqs = list(srv.requests)
+    assert {(r.get('temperature'), r.get('top_p')) for r in reqs} == {(1.0, 0.0)}
+    assert all('unnumbered JSON' in r['messages'][0]['content'] for r in reqs)
+    assert 'response_format' not in reqs[0]
+    assert res.rounds['requests'].tolist() == [1] * len(reqs) == [1] * 5   # one chain: one request per round
+    depths = [r['_meta']['depth'] for r in res.records]
+    assert depths == sorted(depths) and max(depths) == 5
+    for key, value in {'profile': 'paper', 'per_request': 5, 'parallel': 1, 'style': 'paper', 'by_level': True, 'near_dup': NEAR_DUP_OFF,
+                       'structured': False, 'top_p': 0.0, 'temperature': 1.0}.items():
+        assert res.settings[key] == value and json.loads(state_path(out).read_text())['settings'][key] == value
+
+
+def test_paper_tree_goes_level_by_level_and_repeats_an_empty_level():
+    "The root's children are asked in a shuffled order, a level at a time; the first time level 1 is sent it is answered with prose."
+    def flaky(req):
+        ASKED[user_text(req)] += 1
+        ASKED['all'] += 1
+        return 'Sorry, not now.' if 2 <= ASKED['all'] <= 6 else pure(req, ASKED[user_text(req)])   # requests 2-6: level 1, sent first
+    with SimulatedServer(flaky) as srv:
+        res = create(preset('yesno_close'), 5 + 25 + 10, strategy='tree', generator=paper_gen(srv), profile='paper', parallel=2, progress=False)
+        shown = [json_objects(user_text(r))[0]['question'] for r in srv.requests]
+    by_q = {r['question']: r['_meta'] for r in res.records}
+    levels = [0 if q == preset('yesno_close').example['question'] else by_q[q]['depth'] for q in shown]
+    assert levels == [0] + [1] * 5 + [1] * 5 + [2] * 2   # level 1 answered nothing: sent again, never the root
+    assert shown[6:11] == shown[1:6] != [r['question'] for r in res.records[:5]]   # the same level, in its shuffled order
+    assert res.rounds['requests'].tolist() == [1, 2, 2, 1, 2, 2, 1, 2] and len(res.records) == 40
+
+
+def test_paper_profile_refuses_what_it_sets_otherwise():
+    task = preset('yesno_close')
+    with SimulatedServer(deterministic) as srv:
+        with pytest.raises(TaskError, match=r"top_p=0.0 \(the generator has None\)"):
+            create(task, 5, strategy='random', generator=gen(srv), profile='paper', progress=False)
+        with pytest.raises(TaskError, match="profile 'paper' sets parallel=1, got 4"):
+            create(task, 5, strategy='random', generator=paper_gen(srv), profile='paper', parallel=4, progress=False)
+        with pytest.raises(TaskError, match=r"Tree\(by_level=True\)"):
+            create(task, 5, strategy=Tree(), generator=paper_gen(srv), profile='paper', progress=False)
+        with pytest.raises(TaskError, match="unknown profile 'papr'"):
+            create(task, 5, generator=paper_gen(srv), profile='papr', progress=False)
+        assert srv.count == 0

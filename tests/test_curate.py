@@ -46,6 +46,13 @@ def test_prompt_echo_counts_instruction_trigrams_not_the_shown_example():
     assert Heuristics(YN, msgs).flags(yn("Bats are the only mammals that can truly fly.")) == []
 
 
+@pytest.mark.parametrize('echo', ["The created examples must use a mix of the possible answers.", "Create 5 new examples as a JSON array.",
+                                  "You are creating 5 more examples that follow the format of the example provided, but with a different content."])
+def test_echoes_of_the_default_prompt_are_dropped(echo):
+    "Issue 12.4: lines of the prompt `make demo` sends, copied into a record, are caught without a request at hand."
+    assert 'prompt_echo' in Heuristics(YN).flags(yn(echo))
+
+
 @pytest.mark.parametrize('text,verdict', [
     ("Can you create a JSON array with the example above?", 'meta_text'), ('{"question": "x"}', 'meta_text'),
     ("Here are three new examples", 'meta_text'), ("The answer is True because ice is cold.", 'meta_text'),
@@ -60,6 +67,10 @@ def test_meta_text(text, verdict):
 @pytest.mark.parametrize('task,rec,verdict', [
     (YN, yn("What is cloud computing?"), 'wh_question'), (YN, yn("How to eat vegan"), 'wh_question'),
     (YN, yn("When water freezes, it expands."), None), (YN, yn("is house tax and property tax the same"), None),
+    (YN, yn("Is a tomato a fruit or a vegetable?"), 'either_or_question'), (YN, yn("Do you prefer tea or coffee?"), 'either_or_question'),
+    (YN, yn("Can cats or dogs see in colour?"), None), (YN, yn("Is it raining or not?"), None),
+    (YN, yn("Name three rivers in Africa."), 'request'), (YN, yn("Explain why the sky is blue."), 'request'),
+    (YN, yn("Names of rivers are often older than the towns on them."), None),
     (YN, yn("Is ice cold?", 'yes'), 'label_not_in_space'),
     (MC, mc("Where is money kept?"), None), (MC, mc("Where is money kept?", 'vault'), 'answer_not_in_options'),
     (MC, mc("Where is money kept?", options=OPTS[:4] + ["Bank "]), 'repeated_options'),

@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from datacreator_nb.evaluate import (distinct_n, vocabulary_size, label_shares, label_counts, entropy_bits, drift_by_round,
                                      drift_table, mean_pairwise_similarity, diversity_report, length_stats, DownstreamModel, record_text,
                                      downstream_eval, separable_records, relative_gap, accuracy_table, ood_partners,
-                                     plot_accuracy, plot_drift, plot_cost, plot_rejections)
+                                     plot_accuracy, plot_drift, plot_cost, plot_rejections, evaluate_sets)
 from datacreator_nb.task import TASK_TYPES, read_jsonl, data_path
 from datacreator_nb.sampling import HashingEmbedder, Similar
 from datacreator_nb.evaluate import record_meta, comparison_vectors
@@ -59,6 +59,23 @@ def test_drift_reads_the_round_from_meta_and_plain_records():
     assert drift_by_round(recs, seed, HashingEmbedder())['round'].tolist() == [2, 3]
     assert record_meta(recs[0], 'strategy') == 'tree' and record_meta(recs[1], 'strategy', 'none') == 'none'
     assert record_text(recs[0]) == "How can you keep bread fresh?"
+
+
+def test_record_text_leaves_out_only_label_options_and_meta():
+    "Issue 12: a task's own fields named id, round or model are content; only the answer, the choices and `_meta` are not."
+    car = {"model": "Which car model seats seven?", "id": "Q-17", "round": "second", "label": "SUV", "options": ["SUV", "van"],
+           "_meta": {"id": "a", "round": 1, "model": "m"}}
+    assert record_text(car) == "Which car model seats seven? Q-17 second"
+    assert record_text({"review": "Broke after two days.", "label": "negative"}) == "Broke after two days."
+
+
+def test_one_tokeniser_for_duplicates_and_diversity():
+    "Issue 12: evaluation counts words as duplicate detection does (`validate.words`): an apostrophe splits a word."
+    import datacreator_nb.evaluate as ev, datacreator_nb.validate as va
+    assert ev.words is va.words
+    assert vocabulary_size(["Don't panic", "don t"]) == 3          # don, t, panic
+    assert distinct_n(["it isn't", "it is"], 1) == pytest.approx(4 / 5)
+    assert length_stats([{"question": "Isn't it?"}]).loc['question', 'mean'] == 3
 
 
 def test_pairwise_similarity_exact_and_sampled():
@@ -154,6 +171,22 @@ def test_downstream_eval_rows_and_missing_training_data():
     assert res['test'].tolist() == ['a', 'b'] and res['n_test'].tolist() == [50, 30] and (res['accuracy'] >= 0.9).all()
     none = downstream_eval(None, tests, 'mcqa_2')
     assert none['accuracy'].isna().all() and set(none['note']) == {'no training data'}
+    # a small created set may hold one answer only: no model, said per row, and the other sets are still evaluated
+    all_yes = downstream_eval([{"question": "Is it?", "options": ["True", "False"], "label": True}] * 5, {'t': separable_records('yesno_close', 20)}, 'yesno_close')
+    assert all_yes['accuracy'].isna().all() and all_yes['note'][0] == "not trained: the training records have one label only (True or none): a classifier needs two"
+
+
+def test_evaluate_sets_trains_one_model_per_set_and_marks_the_home_test():
+    tests = {'home': separable_records('yesno_close', 60, seed=7), 'other': separable_records('yesno_open', 40, seed=8)}
+    good, flipped = separable_records('yesno_close', 200, seed=9), [dict(r, label=not r['label']) for r in separable_records('yesno_close', 200, seed=9)]
+    res = evaluate_sets({'D_L': good, 'tree': flipped, 'naive': []}, tests, 'yesno_close')
+    assert res['train'].tolist() == ['D_L', 'D_L', 'tree', 'tree', 'naive', 'naive'] and res['kind'].tolist() == ['ID', 'OOD'] * 3
+    acc = res.set_index(['train', 'test'])['accuracy']
+    assert acc['D_L', 'home'] >= 0.9 and acc['tree', 'home'] <= 0.1 and math.isnan(acc['naive', 'home'])
+    assert set(res['dataset']) == {'home'} and res.loc[res['train'] == 'naive', 'note'].tolist() == ['no training data'] * 2
+    assert evaluate_sets({'D_L': good}, tests, 'yesno_close', home='other')['kind'].tolist() == ['OOD', 'ID']
+    t = accuracy_table(res)
+    assert t.loc[('home', 'home'), 'Δ tree'] < -0.8
 
 
 def test_relative_gap_and_accuracy_table():
@@ -211,7 +244,7 @@ def _run(*args) -> subprocess.CompletedProcess:
 def test_paper_table_evaluates_created_files(tmp_path):
     data, created = _dataset_tree(tmp_path/'data'), tmp_path/'created'
     for k, (d, s) in enumerate([(d, s) for d in ('piqa', 'winogrande') for s in ('naive', 'tree')]):
-            recs = [dict(r, round=i // 5 + 1, strategy=s) for i, r in enumerate(separable_records('mcqa_2', 50, seed=100 + k))]
+            recs = [dict(r, _meta={'round': i // 5 + 1, 'strategy': s}) for i, r in enumerate(separable_records('mcqa_2', 50, seed=100 + k))]
             (created/'mcqa_2').mkdir(parents=True, exist_ok=True)
             (created/'mcqa_2'/f'{d}_{s}.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in recs))
     p = _run('--data', data, '--created', created, '--strategies', 'naive,tree', '--out', tmp_path/'out', '--quick', '--paper', _paper(tmp_path))
@@ -227,6 +260,9 @@ def test_paper_table_evaluates_created_files(tmp_path):
     paired = p.stdout.split('as the paper pairs it')[1].split('\n\n')[0]
     assert 'mcqa_2/piqa' in paired and '(trained on winogrande)' in paired and '44.0' in paired
     assert 'mcqa_2/winogrande' in p.stdout.split('D_L check')[1] and (tmp_path/'out'/'accuracy.png').exists()
+    assert (tmp_path/'out'/'vs_paper.png').read_bytes()[:4] == b'\x89PNG'           # ours beside the paper's, per dataset
+    saved = pd.read_csv(tmp_path/'out'/'results.csv')
+    assert saved.query("dataset == 'mcqa_2/winogrande' and kind == 'ID' and train == 'tree'")['paper'].tolist() == [pytest.approx(0.528)]
 
 
 @pytest.mark.skipif(not (importlib.util.find_spec('datacreator_nb.create') and importlib.util.find_spec('datacreator_nb.generate')),
@@ -242,3 +278,43 @@ def test_paper_table_quick_creates_through_the_simulated_server(tmp_path):
     assert len(created) == 10
     recs = [json.loads(l) for l in (tmp_path/'out'/'created'/'mcqa_2'/'piqa_tree.jsonl').read_text().splitlines()]
     assert len(recs) >= 10 and all(r['label'] in r['options'] for r in recs)
+
+
+def _created_sets(stdout: str) -> dict:
+    "{strategy: (records, usd, tokens)} from the harness's 'Created sets' table."
+    block = stdout.split('Created sets\n')[1].split('\n\n')[0].splitlines()[1:]
+    return {p[1]: (int(p[2]), float(p[3]), float(p[4])) for p in (line.split() for line in block)}
+
+
+def test_paper_table_profile_scale_paper_price_and_resume(tmp_path):
+    "Issue 14: --profile paper and --scale reach the runs, replies are priced at the paper's $2 per 1M tokens, --resume reads finished sets back."
+    out = tmp_path/'out'
+    args = ('--data', _dataset_tree(tmp_path/'data'), '--out', out, '--quick', '--local', '--paper', _paper(tmp_path), '--datasets', 'winogrande',
+            '--strategies', 'naive,tree', '--profile', 'paper', '--scale', 0.05, '--no-plots')
+    first = _run(*args)
+    assert first.returncode == 0, first.stderr
+    assert "0.05 x the paper's D_G size" in first.stdout and 'winogrande 8' in first.stdout and 'profile: paper' in first.stdout
+    state = json.loads((out/'created'/'mcqa_2'/'winogrande_naive.jsonl.state.json').read_text())
+    assert (state['settings']['profile'], state['settings']['top_p'], state['settings']['parallel']) == ('paper', 0.0, 1)
+    sets = _created_sets(first.stdout)
+    assert {s: r for s, (r, _, _) in sets.items()} == {'naive': 8, 'tree': 8}
+    assert all(usd == pytest.approx(tokens * 2 / 1e6, rel=0.01) and tokens > 0 for _, usd, tokens in sets.values())
+    again = _run(*args, '--resume')
+    assert again.returncode == 0, again.stderr
+    assert 'read back mcqa_2/winogrande naive' in again.stderr and 'read back mcqa_2/winogrande tree' in again.stderr
+    assert _created_sets(again.stdout) == sets and again.stdout.splitlines()[-1] == first.stdout.splitlines()[-1]
+    fresh = _run(*args)
+    assert fresh.returncode == 0 and 'created mcqa_2/winogrande naive' in fresh.stderr and 'read back' not in fresh.stderr
+
+
+def test_paper_table_resume_reads_back_a_set_that_gave_up(tmp_path):
+    "--resume must not try again a set whose last `stall_rounds` rounds accepted nothing (create resets the stall on resume)."
+    spec = importlib.util.spec_from_file_location('paper_table', BENCH)
+    bench = importlib.util.module_from_spec(spec); spec.loader.exec_module(bench)
+    dest = tmp_path/'piqa_naive.jsonl'
+    assert bench.gave_up(dest, 2) is None                                   # never run
+    log = tmp_path/'piqa_naive.jsonl.rounds.jsonl'
+    log.write_text(''.join(json.dumps({'round': i, 'accepted': a}) + '\n' for i, a in enumerate([3, 0, 0])))
+    assert bench.gave_up(dest, 2) == 3 and bench.gave_up(dest, 3) is None   # the last two accepted nothing; the last three did not all
+    log.write_text(''.join(json.dumps({'round': i, 'accepted': a}) + '\n' for i, a in enumerate([0, 4])))
+    assert bench.gave_up(dest, 1) is None

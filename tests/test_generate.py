@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from datacreator_nb.generate import BudgetExceeded, Completion, Failure, Generator, GenerationError
+from datacreator_nb.generate import BudgetExceeded, Completion, Failure, Generator, GenerationError, endpoint_name
 from datacreator_nb.server import SimulatedServer, varied_examples
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,18 +137,46 @@ def test_identical_requests_get_different_answers(tmp_path):
 
 
 def test_cache_never_answers_from_another_endpoint(tmp_path):
-    "Issue 11.1: the same cache file, model and batch against another server sends every request there."
+    "Issue 11.1: the same cache file, model and batch against another server (a real model's, e.g. vLLM on another port) sends every request there."
     batch = [msgs(f'q{i}') for i in range(3)]
     with SimulatedServer(echo) as a, SimulatedServer(lambda req: 'from b') as b:
-        run(gen(a, cache=tmp_path/'c.sqlite').complete_many(batch))
-        res = run(gen(b, cache=tmp_path/'c.sqlite').complete_many(batch))
+        run(gen(a, model='my-model', cache=tmp_path/'c.sqlite').complete_many(batch))
+        g = gen(b, model='my-model', cache=tmp_path/'c.sqlite')
+        res = run(g.complete_many(batch))
         assert (a.count, b.count) == (3, 3) and [r.text for r in res] == ['from b'] * 3 and not any(r.cached for r in res)
+        assert g.endpoint == b.base_url
+
+
+def test_simulated_server_on_a_new_port_replays_from_cache(tmp_path):
+    "Issue 12.2: the simulated server gets a new port every run; a resumed run against it replays from the cache, as `create` resumes it."
+    from datacreator_nb.create import endpoint_identity
+    batch = [msgs(f'q{i}') for i in range(3)]
+    with SimulatedServer(echo) as a: first = run(gen(a, model='simulated-yesno', cache=tmp_path/'c.sqlite').complete_many(batch))
+    with SimulatedServer(lambda req: 'from b') as b:
+        g = gen(b, model='simulated-yesno', cache=tmp_path/'c.sqlite')
+        second = run(g.complete_many(batch))
+        assert a.base_url != b.base_url and b.count == 0 and all(r.cached for r in second)
+        assert [r.text for r in second] == [r.text for r in first] == [f'echo: q{i}' for i in range(3)]
+        assert g.endpoint == 'simulated-yesno on this machine' and endpoint_identity(g) == g.identity  # the loop's resume check agrees
+
+
+def test_a_server_started_for_the_run_shares_the_cache_across_ports(tmp_path):
+    "A server started for the run (e.g. the embedded model), named by `endpoint_name(..., started=True)`, is one endpoint whatever its port."
+    batch, made = [msgs('q')], []
+    for srv in (SimulatedServer(echo), SimulatedServer(lambda req: 'another answer')):
+        with srv:
+            g = gen(srv, model='smollm2-135m-instruct', endpoint=endpoint_name('smollm2-135m-instruct', srv.base_url, started=True), cache=tmp_path/'c.sqlite')
+            made.append((srv.base_url, run(g.complete_many(batch))[0], srv.count, g.identity['base_url']))
+    (url_a, first, _, _), (url_b, second, count_b, name) = made
+    assert url_a != url_b and count_b == 0 and second.cached and second.text == first.text == 'echo: q'
+    assert name == 'smollm2-135m-instruct on this machine'
 
 
 def test_cache_key_depends_on_endpoint_and_every_param_not_on_the_key(srv):
     a = gen(srv)
     assert a.key(msgs()) == gen(srv, api_key='sk-other').key(msgs())
-    assert a.key(msgs()) != Generator('simulated', base_url='http://127.0.0.1:1/v1').key(msgs())
+    assert a.key(msgs()) != Generator('simulated', base_url='http://10.0.0.7:1/v1').key(msgs())  # another machine
+    assert a.key(msgs()) == Generator('simulated', base_url='http://127.0.0.1:1/v1').key(msgs())  # the simulated server on another port
     others = [gen(srv, temperature=0.2), gen(srv, top_p=0.5), gen(srv, max_tokens=9), gen(srv, response_format={'type': 'json_object'}),
               gen(srv, model='simulated-2')]
     assert len({a.key(msgs()), *(g.key(msgs()) for g in others)}) == 6
@@ -157,7 +185,7 @@ def test_cache_key_depends_on_endpoint_and_every_param_not_on_the_key(srv):
 def test_identity_names_what_decides_the_answers_without_secrets(srv):
     rf = {'type': 'json_object'}
     ident = gen(srv, temperature=0.7, top_p=0.9, max_tokens=64, response_format=rf, server_kind='llama_cpp').identity
-    assert ident == {'base_url': srv.base_url, 'model': 'simulated', 'temperature': 0.7, 'top_p': 0.9, 'max_tokens': 64,
+    assert ident == {'base_url': 'simulated on this machine', 'model': 'simulated', 'temperature': 0.7, 'top_p': 0.9, 'max_tokens': 64,
                      'response_format': ident['response_format'], 'server_kind': 'llama_cpp'}
     assert isinstance(ident['response_format'], str) and KEY not in json.dumps(ident)
     assert gen(srv).identity['response_format'] is None and gen(srv, top_p=0.5).identity != gen(srv, top_p=1).identity

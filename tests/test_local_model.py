@@ -13,7 +13,7 @@ from datacreator_nb.generate import Generator
 from datacreator_nb.create import create as create_examples
 
 KNOWN_REASONS = {'not_json', 'truncated', 'not_object', 'no_json', 'missing_field', 'empty_field', 'wrong_type', 'answer_not_in_options',
-                 'option_count', 'duplicate_options', 'options_changed', 'exact_duplicate', 'near_duplicate', 'seed_copy'}
+                 'option_count', 'duplicate_options', 'options_changed', 'exact_duplicate', 'near_duplicate', 'shot_copy'}
 
 
 def gone(pid: int, wait: float = 0.0) -> bool:
@@ -69,11 +69,38 @@ def test_slots_must_be_a_positive_whole_number():
     with pytest.raises(ValueError, match='slots'): ModelServer(slots=0)
 
 
+def slot_contexts(base_url: str) -> list[int]:
+    "The context of each slot of the native server at `base_url`."
+    with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(base_url.removesuffix('/v1') + '/slots', timeout=10) as r:
+        return [s['n_ctx'] for s in json.load(r)]
+
+
 def test_native_server_has_one_slot_per_parallel_request_each_with_its_context():
     with serve_model(slots=4, n_ctx=1024, native=True) as srv:
-        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(srv.base_url.removesuffix('/v1') + '/slots') as r:
-            slots = json.load(r)
-        assert srv.engine == 'native' and [s['n_ctx'] for s in slots] == [1024] * 4
+        assert srv.engine == 'native' and slot_contexts(srv.base_url) == [1024] * 4
+
+
+def test_cpu_seconds_counts_the_server_process_work():
+    with serve_model(slots=2, native=True) as srv:
+        before = srv.cpu_seconds
+        OpenAI(base_url=srv.base_url, api_key='not-needed').chat.completions.create(
+            model=srv.model, messages=messages(preset('yesno_close'), n=1), max_tokens=40)
+        assert srv.cpu_seconds > before >= 0
+    assert srv.cpu_seconds is None
+
+
+def test_cli_serve_model_takes_slots_and_context():
+    port = free_port()
+    cli = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), 'datacreator'), 'serve-model', '--port', str(port), '--slots', '2', '--n-ctx', '512'],
+                           stdout=subprocess.PIPE, text=True)
+    try:
+        first = cli.stdout.readline()
+        assert '2 requests at a time' in first, first
+        assert slot_contexts(f'http://127.0.0.1:{port}/v1') == [512, 512]
+        cli.send_signal(signal.SIGINT)
+        assert cli.wait(30) == 0
+    finally:
+        if cli.poll() is None: cli.kill()
 
 
 def test_the_server_dies_with_its_parent_even_when_started_from_a_thread():

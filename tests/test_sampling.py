@@ -6,7 +6,8 @@ import pytest
 import scipy.sparse as sp
 from hypothesis import given, settings, strategies as st
 
-from datacreator_nb.sampling import (ALIASES, STRATEGIES, Contrastive, HashingEmbedder, Naive, Random, RowStore, SentenceTransformerEmbedder,
+from datacreator_nb.vector_store import RowStore
+from datacreator_nb.sampling import (ALIASES, STRATEGIES, Contrastive, HashingEmbedder, Naive, Random, SentenceTransformerEmbedder,
                                      Similar, Tree, VectorCache, get_strategy, question_text, tree_levels)
 from datacreator_nb.task import TaskError
 

@@ -166,3 +166,30 @@ def test_the_server_says_it_is_simulated():
         md = srv._repr_markdown_()
         assert 'simulated' in md and '10% of requests fail at random' in md
         assert [m.id for m in client(srv).models.list()] == ['simulated'] and ask(client(srv), 'Create 2').model == 'simulated'
+
+
+def test_cli_serve_simulated_takes_fault_rate_mix_and_load_latency():
+    import os, signal, subprocess, sys
+    exe = os.path.join(os.path.dirname(sys.executable), 'datacreator')
+    p = subprocess.Popen([exe, 'serve-simulated', '--fault-rate', '1', '--fault-mix', '503:0', '--latency', '0.4', '--load-latency', '0.4'],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        base_url, said = p.stdout.readline().strip(), p.stdout.readline()
+        assert base_url.endswith('/v1') and '100% of requests fail at random' in said, (base_url, said)
+        c = OpenAI(base_url=base_url, api_key='not-needed', max_retries=0, timeout=5)
+        with pytest.raises(openai.InternalServerError) as e: ask(c)
+        assert e.value.status_code == 503
+        with ThreadPoolExecutor(3) as pool:  # 3 at once: the last one in waits 0.4 s + 2 x 0.4 s for the other two
+            took = list(pool.map(lambda i: timed_failure(c), range(3)))
+        assert max(took) > 1.0, took
+        p.send_signal(signal.SIGINT)
+        assert p.wait(timeout=10) == 0
+    finally:
+        if p.poll() is None: p.kill(); p.wait()
+
+
+def timed_failure(c) -> float:
+    "Seconds until a request to a server that fails every request gets its error."
+    t0 = time.perf_counter()
+    with pytest.raises(openai.APIStatusError): ask(c)
+    return time.perf_counter() - t0

@@ -5,7 +5,8 @@ import pytest
 from hypothesis import given, settings, HealthCheck, strategies as st
 
 from datacreator_nb.task import preset, read_jsonl, TaskError
-from datacreator_nb.validate import extract_objects, Validator, DedupIndex, normalise
+from datacreator_nb.validate import extract_objects, Validator, ExactIndex, normalise
+from datacreator_nb.near_duplicates import DedupIndex
 
 TASKS = ['mcqa_2', 'mcqa_5', 'yesno_open', 'yesno_close']
 
@@ -52,7 +53,7 @@ def test_accepted_iff_check_passes(task_type, obj):
     ex = normalise(task, obj)
     try: task.check(ex); valid = True
     except TaskError: valid = False
-    verdict = Validator(task, seeds=[]).validate(json.dumps(obj))
+    verdict = Validator(task, shots=[]).validate(json.dumps(obj))
     assert bool(verdict.accepted) == valid
 
 # --- a table of real-looking messy replies ------------------------------------------------------
@@ -73,7 +74,7 @@ YC = [item("Honey stored in a sealed jar can stay edible for many years.", ["Tru
 GOOD = {'mcqa_2': MC2, 'mcqa_5': MC5, 'yesno_open': YO, 'yesno_close': YC}
 
 def lines(*objs): return '\n\n'.join(map(json.dumps, objs))
-def seed_copy(t):
+def shot_copy(t):
     ex = preset(t).example
     return item(ex['question'], ex.get('options'), ex['answer'], ex.get('context'))
 def one_word_changed(o):
@@ -95,7 +96,7 @@ def cases():
         yield t, 'trailing commas', json.dumps([a, b]).replace(']}', '],}').replace('}]', '},]'), 2, []
         yield t, 'one item not JSON', lines(a) + "\n\n{'Question': 'single quotes', 'Answer': 'x'}\n\n" + json.dumps(b), 2, ['not_json']
         yield t, 'prose only', "I'm sorry, I can't produce more examples.", 0, ['no_json']
-        yield t, 'copy of the seed', lines(a, seed_copy(t)), 1, ['seed_copy']
+        yield t, 'copy of the shot', lines(a, shot_copy(t)), 1, ['shot_copy']
         yield t, 'one word changed', lines(a, one_word_changed(a)), 1, ['near_duplicate']
         yield t, 'exact dup, other case/spacing', lines(a, shouting(a)), 1, ['exact_duplicate']
         yield t, 'empty question', lines({**a, 'Question': '  '}, b), 1, ['empty_field']
@@ -148,9 +149,9 @@ def test_pool_spans_replies_and_resume(tmp_path):
     path.write_text(''.join(json.dumps({**task.to_record(ex), 'context': None}) + '\n' for ex in accepted))
     resumed = Validator(task)
     resumed.add_accepted(read_jsonl(path))
-    verdict = resumed.validate(lines(shouting(MC5[0]), one_word_changed(MC5[1]), seed_copy('mcqa_5')))
+    verdict = resumed.validate(lines(shouting(MC5[0]), one_word_changed(MC5[1]), shot_copy('mcqa_5')))
     assert verdict.accepted == []
-    assert sorted(r for r, _ in verdict.rejected) == ['exact_duplicate', 'near_duplicate', 'seed_copy']
+    assert sorted(r for r, _ in verdict.rejected) == ['exact_duplicate', 'near_duplicate', 'shot_copy']
 
 def test_report_counts_every_item():
     v = Validator(preset('yesno_close'))
@@ -189,6 +190,23 @@ def _words(t): return t.lower().split()
 def _shingles(t):
     w = _words(t)
     return w + [f"{x} {y}" for x, y in zip(w, w[1:])]
+
+@settings(max_examples=100)
+@given(SENTENCES)
+def test_exact_index_finds_what_the_near_index_calls_exact(texts):
+    "Issue 12.3: the paper's exact check on its own (`near_dup=None`) is the near index's exact part, nothing more."
+    near = [h if h and h[0] == 'exact' else None for h in DedupIndex(threshold=1.01).match(texts)]
+    assert ExactIndex().match(texts) == near
+
+
+def test_validator_without_near_duplicates_keeps_a_one_word_change():
+    q = {"question": "Where would you most likely find a stapler on a busy weekday morning?", "options": ["office", "beach"], "answer": "office"}
+    again = {**q, "question": q["question"].replace("busy", "quiet")}
+    shout = {**q, "question": q["question"].upper()}
+    for near_dup, reasons in ((0.7, ['exact_duplicate', 'near_duplicate']), (None, ['exact_duplicate'])):
+        v = Validator(preset('mcqa_2'), near_dup=near_dup)
+        assert sorted(r for r, _ in v.admit([q, again, shout], []).rejected) == reasons
+
 
 def test_index_scales_to_a_batch():
     texts = [f"question number {i} about topic {i * 7919 % 1000} with filler words {i % 13}" for i in range(3000)]
