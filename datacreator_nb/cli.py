@@ -18,7 +18,8 @@ from .sampling import ALIASES
 
 # %% auto #0
 __all__ = ['STRATEGY_NAMES', 'task_from_args', 'generator_from_args', 'summary', 'task_with_attributes', 'hooks_from_args',
-           'cmd_create', 'parser', 'serve_parsers', 'cmd_serve_model', 'main', 'demo_figure', 'cmd_demo']
+           'cmd_create', 'create_parser', 'parser', 'serve_parsers', 'cmd_serve_model', 'main', 'demo_figure',
+           'cmd_demo']
 
 # %% ../nbs/09_cli.ipynb #554c000e
 def task_from_args(args) -> Task:
@@ -34,14 +35,14 @@ def generator_from_args(args, cache:Path|None):
     numbers = dict(temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens, budget_usd=args.budget_usd,
                    concurrency=args.concurrency, timeout=args.timeout, price_in=args.price_in, price_out=args.price_out)
     check_generator_settings(**numbers)   # before a server starts
-    opts = dict(numbers, cache=cache)
+    opts = {k: v for k, v in dict(numbers, cache=cache).items() if v is not None}   # not given: the generator's own default
     if args.simulated:
         with SimulatedServer(varied_examples(args.seed), latency=args.latency) as srv:
             yield Generator(base_url=srv.base_url, model='simulated', api_key='not-needed', **opts)
     elif args.base_url:
         yield Generator(base_url=args.base_url, model=args.model, api_key=os.environ.get(args.api_key_env) or 'not-needed', **opts)
     else:
-        with default_generator(**opts) as gen: yield gen
+        with default_generator(args.parallel or 8, **opts) as gen: yield gen   # a slot per request of a round, its longer timeout
 
 # %% ../nbs/09_cli.ipynb #f9ab7034
 def summary(res:CreationResult, seconds:float) -> str:
@@ -107,7 +108,7 @@ def _endpoint_options(p):
     g.add_argument('--temperature', type=float, default=1.0); g.add_argument('--top-p', type=float, help='nucleus sampling, 0 to 1 (default: not sent)')
     g.add_argument('--max-tokens', type=int, default=1024)
     g.add_argument('--concurrency', type=int, default=8, help='requests in flight at most')
-    g.add_argument('--timeout', type=float, default=60.0, help='seconds per request')
+    g.add_argument('--timeout', type=float, help='seconds per request (default: 60; the embedded model: 600)')
     g.add_argument('--budget-usd', type=float, help='never send a request that could pass this spend')
     g.add_argument('--price-in', type=float, help='USD per 1M prompt tokens (default: the genai-prices database)')
     g.add_argument('--price-out', type=float, help='USD per 1M completion tokens (default: the genai-prices database)')
@@ -125,10 +126,8 @@ def _profile_and_hook_options(c):
 
 STRATEGY_NAMES = [*STRATEGIES, *ALIASES]
 
-def parser() -> argparse.ArgumentParser:
-    "The `datacreator` argument parser."
-    p = argparse.ArgumentParser(prog='datacreator', description='Create a validated training set from one formatting example.')
-    sub = p.add_subparsers(dest='command', required=True)
+def create_parser(sub):
+    "Add the `create` subcommand to the subparsers `sub`."
     c = sub.add_parser('create', help='create a data set')
     src = c.add_mutually_exclusive_group(required=True)
     src.add_argument('--task', help='task JSON file'); src.add_argument('--benchmark', help='dataset folder <task_type>/<dataset>')
@@ -144,6 +143,12 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument('--seed', type=int, default=42); c.add_argument('--quiet', action='store_true')
     _endpoint_options(c)
     c.set_defaults(run=cmd_create)
+
+def parser() -> argparse.ArgumentParser:
+    "The `datacreator` argument parser."
+    p = argparse.ArgumentParser(prog='datacreator', description='Create a validated training set from one formatting example.')
+    sub = p.add_subparsers(dest='command', required=True)
+    create_parser(sub)
     serve_parsers(sub)
     from datacreator_nb.curate import add_curate_command   # curate builds on create: imported when the parser is made
     add_curate_command(sub)

@@ -20,17 +20,17 @@ from .prompt import messages, response_format
 from .generate import Generator, GenerationError, endpoint_name, is_local
 from .validate import Validator
 from .sampling import Frontier, Shot, Strategy, Tree, get_strategy
-from .local_model import MODEL_ALIAS, adapt_response_format
+from .local_model import adapt_response_format
 
 # %% auto #0
-__all__ = ['PROVENANCE', 'SIMULATED_WARNING', 'SAVE_FORMATS', 'NEAR_DUP_OFF', 'PROFILES', 'ROUND_COLUMNS', 'EMBEDDED_TIMEOUT',
-           'simple_create', 'shot_ids', 'LoopState', 'requests_needed', 'round_rng', 'is_simulated',
-           'check_save_format', 'CreationResult', 'profile_of', 'profile_options', 'check_profile_parts', 'as_strategy',
-           'Run', 'Round', 'is_fatal', 'request_messages', 'settled', 'screen_reply', 'add_record', 'judge_in_order',
-           'ask', 'all_or_none', 'round_stats', 'run_round', 'initial_state', 'resume', 'example_of', 'task_digest',
-           'endpoint_identity', 'run_settings', 'check_settings', 'check_counts', 'charge_finished', 'stop_reason',
-           'save_round', 'snapshot', 'open_run', 'spent', 'prepare', 'run_rounds', 'creation_result',
-           'curator_settings', 'run_options', 'acreate', 'run_on_worker', 'create', 'default_generator']
+__all__ = ['PROVENANCE', 'SIMULATED_WARNING', 'SAVE_FORMATS', 'PROFILES', 'ROUND_COLUMNS', 'EMBEDDED_TIMEOUT', 'simple_create',
+           'shot_ids', 'LoopState', 'requests_needed', 'round_rng', 'is_simulated', 'check_save_format',
+           'CreationResult', 'profile_of', 'profile_options', 'check_profile_parts', 'as_strategy', 'Run', 'Round',
+           'is_fatal', 'request_messages', 'settled', 'screen_reply', 'add_record', 'judge_in_order', 'ask',
+           'all_or_none', 'round_stats', 'run_round', 'initial_state', 'resume', 'example_of', 'task_digest',
+           'run_settings', 'check_settings', 'check_counts', 'charge_finished', 'stop_reason', 'save_round', 'snapshot',
+           'open_run', 'spent', 'prepare', 'run_rounds', 'creation_result', 'run_to_end', 'curator_settings',
+           'round_size', 'run_options', 'acreate', 'run_on_worker', 'create', 'default_generator']
 
 # %% ../nbs/05_create.ipynb #43c662a6
 async def simple_create(task:Task,            # what to create
@@ -191,13 +191,11 @@ class CreationResult:
         return head + "\n\n" + table.to_markdown(index=False) if len(self.rounds) else head
 
 # %% ../nbs/05_create.ipynb #b6acc89f
-NEAR_DUP_OFF = 1.01   # a Jaccard similarity no two texts reach: only exact copies are duplicates
-
 PROFILES = {
     'default': {'generator': {}, 'per_request': 5, 'parallel': 8, 'tree_parallel': 8, 'style': 'array', 'by_level': False,
                 'near_dup': 0.7, 'structured': None},
     'paper':   {'generator': {'temperature': 1.0, 'top_p': 0.0}, 'per_request': 5, 'parallel': 1, 'tree_parallel': 8, 'style': 'paper',
-                'by_level': True, 'near_dup': NEAR_DUP_OFF, 'structured': False},
+                'by_level': True, 'near_dup': None, 'structured': False},
 }   # parallel: chains side by side; tree_parallel: a tree's requests per round (a level's order does not depend on it)
 
 def profile_of(name:str  # 'default' or 'paper'
@@ -222,7 +220,7 @@ def check_profile_parts(name:str,                 # the profile
                         strategy:Strategy,        # how shots are picked
                         validator:Validator|None, # the validator given, or None
                         by_level:bool,            # whether the profile's tree goes level by level
-                        near_dup:float            # the profile's near-duplicate threshold
+                        near_dup:float|None       # the profile's near-duplicate threshold; None: exact copies only
                        ):
     "Refuse a generator, strategy or validator made otherwise than profile `name` says, naming what differs."
     if diff := {k: (gen.params[k], v) for k, v in profile_of(name)['generator'].items() if gen.params[k] != v}:
@@ -417,19 +415,13 @@ def task_digest(task:Task  # a task
     blob = json.dumps([task.instruction, task.example, asdict(task.label_space), task.answer_key, task.options_key], ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
-def endpoint_identity(gen:Generator  # the run's generator
-                     ) -> dict:
-    "What decides the endpoint's answers (`Generator.identity`); a server this tool starts is one endpoint whatever port it got."
-    own = is_simulated(gen) or (gen.model == MODEL_ALIAS and is_local(gen.base_url))   # the simulated server, the embedded model
-    return {**gen.identity, 'base_url': f'{gen.model} on this machine'} if own else gen.identity
-
 def run_settings(task:Task,         # what to create
                  gen:Generator,     # the run's generator
                  strategy:Strategy, # how shots are picked
                  **options          # other options that decide the run
                 ) -> dict:
     "Everything that decides a run's replies and records: the endpoint, the task's name and content, the strategy, `options`."
-    return {**endpoint_identity(gen), 'task': task.name, 'task_content': task_digest(task), 'strategy': strategy.name, **options}
+    return {**gen.identity, 'task': task.name, 'task_content': task_digest(task), 'strategy': strategy.name, **options}
 
 def check_settings(state:LoopState, # the loop's state (with its saved settings, if resumed)
                    settings:dict,   # the settings of this call
@@ -556,26 +548,46 @@ def creation_result(run:Run,         # what the run's rounds share
     return CreationResult(run.task, run.store.records, rounds.drop(columns=['reasons', 'failures']), rejections, failures, why, run.store.path,
                           is_simulated(run.gen), rounds_now, state.settings, state.prepare_usd)
 
+async def run_to_end(run:Run,         # the run, opened
+                     state:LoopState, # its state
+                     settings:dict,   # what decides it (checked against a resumed run's)
+                     progress:bool    # show a progress bar
+                    ) -> CreationResult:
+    "Prepare the run and go round until it stops; the generator closed after, the result of the run."
+    before = len(state.rounds)
+    try: await prepare(run, state, settings); why = await run_rounds(run, state, progress)
+    finally: await run.gen.aclose()  # its HTTP client belongs to this event loop
+    return creation_result(run, state, why, len(state.rounds) - before)
+
 def curator_settings(curator  # a curator, or None
                     ) -> dict|None:
     "What decides a curator's verdicts: its settings, its judge as an endpoint identity."
     if curator is None: return None
-    return {k: endpoint_identity(v) if isinstance(v, Generator) else v for k, v in vars(curator).items()}
+    return {k: v.identity if isinstance(v, Generator) else v for k, v in vars(curator).items()}
+
+def round_size(strategy:str|Strategy, # a strategy's name, or a strategy
+               profile:str,           # the profile's name
+               parallel:int|None      # requests per round as given; None: the profile's
+              ) -> int:
+    "Requests per round of a run (the embedded model's decoding slots): `parallel`, else the profile's for a chain or a tree."
+    return profile_options(profile, isinstance(as_strategy(strategy, profile_of(profile)['by_level']), Tree), parallel=parallel)['parallel']
 
 def run_options(task:Task,                # what to create
                 gen:Generator,            # the run's generator
                 strategy:str|Strategy,    # a strategy's name, or a strategy
                 profile:str,              # the profile's name
                 validator:Validator|None, # the validator given, or None
+                conditioner,              # the run's conditioner, or None: the fields it fixes (`fixed_fields`, if it has them) are not compared
                 **given                   # per_request, parallel, structured as given (None: the profile's)
-               ) -> tuple[Strategy, dict, dict|None]:
-    "A run's strategy, options (the profile's, with those `given`) and response_format, all checked."
+               ) -> tuple[Strategy, dict, dict|None, Validator]:
+    "A run's strategy, options (the profile's, with those `given`), response_format and validator, all checked."
     strat = as_strategy(strategy, profile_of(profile)['by_level'])
     opts = profile_options(profile, isinstance(strat, Tree), **given)
     check_profile_parts(profile, gen, strat, validator, opts['by_level'], opts['near_dup'])
     check_counts(per_request=opts['per_request'], parallel=opts['parallel'])
     if opts['structured'] is None: opts['structured'] = gen.server_kind == 'llama_cpp'
-    return strat, opts, adapt_response_format(response_format(task, opts['per_request']), gen.server_kind) if opts['structured'] else None
+    fmt = adapt_response_format(response_format(task, opts['per_request']), gen.server_kind) if opts['structured'] else None
+    return strat, opts, fmt, validator or Validator(task, opts['near_dup'], ignore=getattr(conditioner, 'fixed_fields', ()))
 
 async def acreate(task:Task,                 # what to create
                   n:int,                     # how many accepted examples to create
@@ -596,23 +608,17 @@ async def acreate(task:Task,                 # what to create
                   curator=None               # e.g. `curate.Curator`: judges each reply's examples before they become records
                  ) -> CreationResult:
     "Create `n` validated examples of `task` by self-referencing rounds; resumable from `out`."
-    args = dict(locals())
     if generator is None:   # the embedded model, with a slot for every request of a round
-        strat = as_strategy(strategy, profile_of(profile)['by_level'])
-        slots = profile_options(profile, isinstance(strat, Tree), parallel=parallel)['parallel']
-        with default_generator(slots, **profile_of(profile)['generator']) as gen: return await acreate(**{**args, 'strategy': strat, 'generator': gen})
-    strat, opts, fmt = run_options(task, generator, strategy, profile, validator, per_request=per_request, parallel=parallel, structured=structured)
+        args, slots = dict(locals()), round_size(strategy, profile, parallel)
+        with default_generator(slots, **profile_of(profile)['generator']) as gen: return await acreate(**{**args, 'generator': gen})
+    strat, opts, fmt, validator = run_options(task, generator, strategy, profile, validator, conditioner, per_request=per_request, parallel=parallel, structured=structured)
     check_counts(n=n); check_counts(True, max_rounds=max_rounds, stall_rounds=stall_rounds)
     settings = run_settings(task, generator, strat, profile=profile, seed=seed, curator=curator_settings(curator), **opts)
     refuse_foreign(out)
     with exclusive(out):  # a second run writing the same file is refused, not interleaved
-        run, state = open_run(task, generator, strat, out, validator or Validator(task, opts['near_dup']), restart, n=n, per_request=opts['per_request'],
-                              parallel=opts['parallel'], seed=seed, fmt=fmt, max_rounds=max_rounds, stall_rounds=stall_rounds, style=opts['style'],
-                              conditioner=conditioner, curator=curator)
-        before = len(state.rounds)
-        try: await prepare(run, state, settings); why = await run_rounds(run, state, progress)
-        finally: await generator.aclose()  # its HTTP client belongs to this event loop
-        return creation_result(run, state, why, len(state.rounds) - before)
+        run, state = open_run(task, generator, strat, out, validator, restart, n=n, per_request=opts['per_request'], parallel=opts['parallel'], seed=seed,
+                              fmt=fmt, max_rounds=max_rounds, stall_rounds=stall_rounds, style=opts['style'], conditioner=conditioner, curator=curator)
+        return await run_to_end(run, state, settings, progress)
 
 # %% ../nbs/05_create.ipynb #2fd5b2b7
 def run_on_worker(coro  # the coroutine to run

@@ -191,12 +191,13 @@ def rejection_reason(task:Task, # the task to check against
     return None
 
 # %% ../nbs/03_validate.ipynb #cc68676a
-def dedup_text(task:Task, # the task the example belongs to
-               ex:dict    # a normalised example
+def dedup_text(task:Task,         # the task the example belongs to
+               ex:dict,           # a normalised example
+               ignore:tuple=()    # fields left out, e.g. a passage shared by design
               ) -> str:
-    "The text two examples of `task` are compared by: all free text except the answer and fixed options."
+    "The text two examples of `task` are compared by: all free text except the answer, fixed options and `ignore`."
     fixed = task.label_space.kind == 'fixed'
-    keys = [k for k in task.example if k != task.answer_key and not (fixed and k == task.options_key)]
+    keys = [k for k in task.example if k != task.answer_key and k not in ignore and not (fixed and k == task.options_key)]
     parts = [ex.get(k) for k in keys]
     return '\n'.join(str(x) for p in parts for x in (p if isinstance(p, list) else [p]) if x is not None)
 
@@ -284,15 +285,16 @@ class Validator:
     def __init__(self,
                  task:Task,            # the task examples must fit
                  near_dup:float|None=0.7, # Jaccard similarity (word 1+2-grams) from which an example is a near-duplicate; None: exact copies only
-                 shots:list=None):     # examples never to copy; default: the task's formatting example
+                 shots:list=None,      # examples never to copy; default: the task's formatting example
+                 ignore:tuple=()):     # fields left out of the compared text, e.g. ('context',) when many questions share one passage
         from datacreator_nb.near_duplicates import DedupIndex   # the at-scale lesson builds on this one
-        self.task, self.counts, self._origin = task, Counter(), []
+        self.task, self.ignore, self.counts, self._origin = task, tuple(ignore), Counter(), []
         self.index = ExactIndex() if near_dup is None else DedupIndex(near_dup)
         self._keep([normalise(task, s) for s in ([task.example] if shots is None else shots)], 'shot')
 
     def _keep(self, examples:list, origin:str):
         "Put normalised examples into the pool without comparing them, remembering where they came from."
-        self.index.add([dedup_text(self.task, ex) for ex in examples])
+        self.index.add([dedup_text(self.task, ex, self.ignore) for ex in examples])
         self._origin += [origin] * len(examples)
 
     def _dup_reason(self, hit:tuple) -> str:
@@ -319,7 +321,7 @@ def admit(self:Validator, checked:list, # examples that passed `screen`
          ) -> Verdict:
     "The verdict on screened items: duplicates of the pool (or of each other) rejected, the rest added to the pool."
     accepted = []
-    for ex, hit in zip(checked, self.index.match([dedup_text(self.task, ex) for ex in checked])):
+    for ex, hit in zip(checked, self.index.match([dedup_text(self.task, ex, self.ignore) for ex in checked])):
         if hit: rejected.append((self._dup_reason(hit), ex))
         else: accepted.append(ex); self._origin.append('pool')
     verdict = Verdict(accepted, rejected)

@@ -372,11 +372,12 @@ def test_create_with_topics_and_balance_end_to_end(tmp_path):
 
 
 def test_create_open_book_passages_end_to_end():
-    "Passages first, then questions: a shortened copy is repaired, another passage rejected; passages reused across requests."
+    "Passages first, then questions: a shortened copy is repaired, another passage rejected; passages reused across requests, not counted as duplicates."
     t = replace(OPEN, attributes={"context": {"propose": 2}})
     edit = lambda p, i: p[:60] if i % 5 == 1 else ("An unrelated passage about kites and wind." if i % 5 == 2 else p)
     res, srv = run_create(obedient([DUNE, REEF], edit), t, 24, Conditioner(t, balance=True, parallel=2))
     assert {r['context'] for r in res.records} == {DUNE, REEF}
     assert res.rejections['fixed_field_changed'] > 0
+    assert res.rejections['near_duplicate'] == 0   # questions are compared without their shared passage (was 80)
     assert not any(r['question'].startswith(f"Claim {i} ") for r in res.records for i in range(2, 10**4, 5))
     assert any(r['question'].startswith(f"Claim {i} ") for r in res.records for i in range(1, 200, 5))  # repaired ones are kept

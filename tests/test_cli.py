@@ -227,3 +227,20 @@ def test_curate_in_the_loop_and_the_curate_command(tmp_path):
     assert all('_curation' in x for x in read_jsonl(out)) and state_settings(out)['curator']['threshold'] == 3.0
     kept = cli('curate', out, tmp_path/'kept.jsonl')
     assert kept.returncode == 0, kept.stderr
+
+
+def test_the_embedded_model_gets_a_slot_per_request_and_its_own_timeout(monkeypatch):
+    "Without an endpoint, `create` starts the embedded model with `--parallel` slots (else 8) and its longer timeout unless `--timeout` is given."
+    import contextlib, datacreator_nb.cli as cli_mod
+    asked = []
+    @contextlib.contextmanager
+    def fake_default_generator(slots=8, **kwargs): asked.append((slots, kwargs)); yield None
+    monkeypatch.setattr(cli_mod, 'default_generator', fake_default_generator)
+    common = ['create', '--preset', 'yesno_close', '--n', '5', '--out', 'o.jsonl']
+    for extra in (['--parallel', '3'], ['--timeout', '5']):
+        with cli_mod.generator_from_args(cli_mod.parser().parse_args(common + extra), None): pass
+    (slots, kw), (default_slots, kw5) = asked
+    assert (slots, default_slots) == (3, 8) and 'timeout' not in kw and kw5['timeout'] == 5.0
+    with SimulatedServer(varied_examples(4), model='m') as srv:
+        with cli_mod.generator_from_args(cli_mod.parser().parse_args(common + ['--base-url', srv.base_url, '--model', 'm']), None) as g:
+            assert g.timeout == 60.0   # any other endpoint: the generator's default

@@ -522,12 +522,26 @@ def test_interrupting_create_in_a_running_event_loop_cancels_the_run(tmp_path):
     assert len(read_jsonl(out)) == state['count_at_start'] > 0
 
 
-def test_the_embedded_model_is_one_endpoint_whatever_its_port(tmp_path):
-    "The servers this tool starts get a free port each run: a resume against the same model on another port goes on."
-    out = tmp_path/'d.jsonl'
-    with SimulatedServer(varied_examples(3), model=MODEL_ALIAS) as first: run(first, 10, out=out, gen_kw={'model': MODEL_ALIAS})
-    with SimulatedServer(varied_examples(3), model=MODEL_ALIAS) as second: res = run(second, 15, out=out, gen_kw={'model': MODEL_ALIAS})
-    assert first.port != second.port and len(res.records) == 15
+def test_the_embedded_model_is_one_endpoint_whatever_its_port(tmp_path, monkeypatch):
+    "The embedded model gets a free port each run: `default_generator` names it by its model, so a resume on another port goes on and replays the cache."
+    import contextlib, datacreator_nb.local_model as local_model
+    from datacreator_nb.create import default_generator, is_simulated
+    servers = []
+    @contextlib.contextmanager
+    def fake_serve_model(slots):   # stands in for the embedded model: a simulated server under its alias
+        with SimulatedServer(varied_examples(3), model=MODEL_ALIAS) as srv:
+            srv.model, srv.kind = MODEL_ALIAS, 'openai'; servers.append(srv); yield srv
+    monkeypatch.delenv('OPENAI_BASE_URL', raising=False)
+    monkeypatch.setattr(local_model, 'serve_model', fake_serve_model)
+    out, cache = tmp_path/'d.jsonl', tmp_path/'c.sqlite'
+    def again(n):
+        with default_generator(2, cache=cache) as g:
+            assert g.identity['base_url'] == f'{MODEL_ALIAS} on this machine' and not is_simulated(g)
+            return create(preset('yesno_close'), n, generator=g, out=out, progress=False, restart=n == 10)
+    again(10); again(10); res = again(15)
+    first, replay, resumed = servers
+    assert len({s.port for s in servers}) == 3 and len(res.records) == 15
+    assert replay.count == 0 and resumed.count > 0   # the same run on a new port: every reply from the cache
 
 
 # ---------------------------------------------------------------- hooks: a conditioner, a curator
@@ -535,7 +549,7 @@ def test_the_embedded_model_is_one_endpoint_whatever_its_port(tmp_path):
 from types import SimpleNamespace
 from dataclasses import replace as with_fields
 from datacreator_nb.attributes import Conditioner
-from datacreator_nb.create import PROFILES, NEAR_DUP_OFF
+from datacreator_nb.create import PROFILES
 from datacreator_nb.sampling import Tree
 
 TOPICS = ["volcanoes", "bees", "tides", "chess"]
@@ -640,6 +654,18 @@ def test_the_real_curator_drops_meta_text():
 def paper_gen(srv, **kw): return gen(srv, **PROFILES['paper']['generator'], **kw)
 
 
+def test_paper_profile_takes_an_exact_only_validator_and_refuses_a_near_one():
+    "The paper removed exact copies only: `Validator(near_dup=None)` is that; the default one (0.7) is refused, naming the field."
+    from datacreator_nb.validate import ExactIndex, Validator
+    task = preset('yesno_close')
+    with SimulatedServer(deterministic) as srv:
+        res = create(task, 5, strategy='random', generator=paper_gen(srv), profile='paper', validator=Validator(task, near_dup=None), progress=False)
+        assert len(res.records) == 5 and res.settings['near_dup'] is None
+        with pytest.raises(TaskError, match="needs a Validator with near_dup=None, got 0.7"):
+            create(task, 5, strategy='random', generator=paper_gen(srv), profile='paper', validator=Validator(task), progress=False)
+    assert type(Validator(task, near_dup=None).index) is ExactIndex
+
+
 @pytest.mark.parametrize('name', ['random', 'contrastive', 'similar'])
 def test_paper_profile_reaches_the_request_and_runs_one_chain(tmp_path, name):
     out = tmp_path/'p.jsonl'
@@ -652,7 +678,7 @@ def test_paper_profile_reaches_the_request_and_runs_one_chain(tmp_path, name):
     assert res.rounds['requests'].tolist() == [1] * len(reqs) == [1] * 5   # one chain: one request per round
     depths = [r['_meta']['depth'] for r in res.records]
     assert depths == sorted(depths) and max(depths) == 5
-    for key, value in {'profile': 'paper', 'per_request': 5, 'parallel': 1, 'style': 'paper', 'by_level': True, 'near_dup': NEAR_DUP_OFF,
+    for key, value in {'profile': 'paper', 'per_request': 5, 'parallel': 1, 'style': 'paper', 'by_level': True, 'near_dup': None,
                        'structured': False, 'top_p': 0.0, 'temperature': 1.0}.items():
         assert res.settings[key] == value and json.loads(state_path(out).read_text())['settings'][key] == value
 

@@ -269,3 +269,15 @@ def test_lone_surrogate_rejected_through_http(tmp_path, escaped):
     assert len(verdict.accepted) == 1
     (tmp_path/'data.jsonl').write_text(jsonl_text([task.to_record(ex) for ex in verdict.accepted]), encoding='utf-8')
     assert re.search(r'\| bad_unicode +\| +1 \|', v._repr_markdown_()) and '\\ud83d' in verdict._repr_markdown_()
+
+
+def test_ignore_leaves_a_shared_passage_out_of_the_duplicate_text():
+    "Issue 15: questions about one given passage are compared on their own text, not rejected as near copies of each other."
+    task = preset('yesno_open')
+    passage = ' '.join(['The reef shelters many fish, and its coral grows slowly in warm clear water near the coast.'] * 2)
+    qs = ['Does coral grow fast?', 'Is the water near the reef cold?', 'Do fish shelter in the reef?']
+    reply = json.dumps([{"question": q, "context": passage, "options": ["True", "False"], "answer": False} for q in qs])
+    assert [r for r, _ in Validator(task).validate(reply).rejected] == ['near_duplicate'] * 2
+    v = Validator(task, ignore=('context',))
+    assert len(v.validate(reply).accepted) == 3
+    assert [r for r, _ in v.validate(json.dumps([{"question": qs[0] + ' ', "context": "Another text.", "options": ["True", "False"], "answer": True}])).rejected] == ['exact_duplicate']
