@@ -91,7 +91,7 @@ def cmd_create(args) -> int:
     with generator_from_args(args, None if args.no_cache else side_file(out, '.cache.sqlite')) as gen:
         res = create(task, args.n, strategy=args.strategy, generator=gen, out=out, per_request=args.per_request, parallel=args.parallel,
                      max_rounds=args.max_rounds, stall_rounds=args.stall_rounds, seed=args.seed, structured=args.structured, progress=not args.quiet,
-                     profile=args.profile, **hooks)
+                     profile=args.profile, restart=args.restart, **hooks)
     for extra in extras: res.save(extra)
     print(summary(res, time.perf_counter() - t0))
     return 0
@@ -141,6 +141,7 @@ def create_parser(sub):
     _profile_and_hook_options(c)
     c.add_argument('--max-rounds', type=int); c.add_argument('--stall-rounds', type=int, default=5)
     c.add_argument('--seed', type=int, default=42); c.add_argument('--quiet', action='store_true')
+    c.add_argument('--restart', action='store_true', help='delete a previous run in --out (one this tool wrote) and start afresh instead of resuming it')
     _endpoint_options(c)
     c.set_defaults(run=cmd_create)
 
@@ -214,14 +215,15 @@ def demo_figure(res:CreationResult):
 def cmd_demo(args) -> int:
     "Create with the tree strategy on a shipped task, evaluate, and write the plot."
     from datacreator_nb.evaluate import diversity_report
+    from datacreator_nb.curate import Curator   # curate builds on create: imported when the demo runs
     out = Path(args.out); out.mkdir(parents=True, exist_ok=True)
     data = out/'data.jsonl'
     task = load_task(data_path('tasks', 'yesno_close.json'))
     endpoint = os.environ.get('OPENAI_BASE_URL') or 'the embedded SmolLM2-135M-Instruct model (no OPENAI_BASE_URL set)'
-    print(f"demo: creating {args.n} examples of '{task.name}' with the {args.strategy} strategy through {endpoint}", flush=True)
+    print(f"demo: creating {args.n} examples of '{task.name}' with the {args.strategy} strategy through {endpoint}; heuristic curation drops echoes and ill-posed items", flush=True)
     t0 = time.perf_counter()
     with default_generator(cache=side_file(data, '.cache.sqlite')) as gen:
-        res = create(task, args.n, strategy=args.strategy, generator=gen, out=data, stall_rounds=4, restart=True)
+        res = create(task, args.n, strategy=args.strategy, generator=gen, out=data, stall_rounds=4, restart=True, curator=Curator())
     seconds = time.perf_counter() - t0
     rep = diversity_report(res.records, seed=task.to_record(task.example))
     png = out/'demo.png'
