@@ -16,9 +16,9 @@ from .near_duplicates import DedupIndex
 from .validate import decode_at, normal_text, words
 
 # %% auto #0
-__all__ = ['MODES', 'attribute_values', 'sample_conditions', 'proposal_messages', 'clean_values', 'parse_values', 'values_format',
-           'propose_values', 'field_values', 'phrase_values', 'propose_missing', 'target_labels', 'label_targets',
-           'label_of', 'label_report', 'attribute_spec', 'Conditioner']
+__all__ = ['MODES', 'FOLLOWS', 'attribute_values', 'sample_conditions', 'follow_shot', 'proposal_messages', 'clean_values',
+           'parse_values', 'values_format', 'propose_values', 'field_values', 'phrase_values', 'propose_missing',
+           'target_labels', 'label_targets', 'label_of', 'label_report', 'attribute_spec', 'Conditioner']
 
 # %% ../nbs/08_attributes.ipynb #a4240de8
 def attribute_values(task:Task,           # the task whose attributes to sample
@@ -78,6 +78,28 @@ def sample_conditions(task:Task,          # the task whose attributes to sample
     if mode == 'every' and (size := math.prod(len(a.values) for a in attrs.values())) > 100_000:
         raise ValueError(f"mode 'every' walks at most 100,000 combinations, these attributes have {size:,}: use 'uniform'")
     return [_conditions_of(attrs, i, seed, mode) if attrs else {} for i in range(start, start + n)]
+
+# %% ../nbs/08_attributes.ipynb #2abcd48d
+FOLLOWS = ('free', 'within', 'across')
+
+def _another(a:Attribute, value, key:str, weighted:bool):
+    "A value of `a` other than `value`, drawn with seed `key` (by weight when `weighted`); `value` itself when there is no other."
+    weights = a.weights if weighted and a.weights else (1,) * len(a.values)
+    others = [(v, w) for v, w in zip(a.values, weights) if v != value and w > 0]
+    return random.Random(key).choices(*zip(*others))[0] if others else value
+
+def follow_shot(drawn:dict,         # the request's conditions drawn by its number
+                shot:dict|None,     # the conditions the shot's request asked for; None: the shot has none (the task's own example)
+                follow:str,         # 'free', 'within' or 'across'
+                attrs:dict,         # the attributes with their values, as from `attribute_values`
+                key:str,            # seed of the 'across' draws: the run's seed and the request's number
+                weighted:bool=False # 'across' draws the other value by weight
+               ) -> dict:
+    "The request's conditions: `drawn`, with the shot's values kept ('within'), or each value the shot had replaced by another ('across')."
+    if follow not in FOLLOWS: raise ValueError(f"follow must be one of {FOLLOWS}, got {follow!r}")
+    if not shot or follow == 'free': return drawn
+    if follow == 'within': return {n: shot.get(n, v) for n, v in drawn.items()}
+    return {n: _another(attrs[n], v, f"{key}:{n}", weighted) if shot.get(n) == v else v for n, v in drawn.items()}
 
 # %% ../nbs/08_attributes.ipynb #93cc934d
 def proposal_messages(task:Task, # the task the values are for
@@ -225,12 +247,14 @@ class Conditioner:
                  balance:bool=False, # ask every request for a mix of labels that keeps the set balanced
                  mode:str='uniform', # how conditions are sampled: 'uniform', 'weighted' or 'every' (see `sample_conditions`)
                  seed:int=42,        # seed of the sampling
-                 parallel:int=8):    # the run's requests per round: request j of round r is request number r * parallel + j
+                 parallel:int=8,     # the run's requests per round: request j of round r is request number r * parallel + j
+                 follow:str='free'): # a request's conditions and its shot's: 'free' (unrelated), 'within' (the same), 'across' (others); see `follow_shot`
         if mode not in MODES: raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if follow not in FOLLOWS: raise ValueError(f"follow must be one of {FOLLOWS}, got {follow!r}")
         if not isinstance(parallel, int) or isinstance(parallel, bool) or parallel < 1: raise ValueError(f"parallel must be a whole number of at least 1, got {parallel!r}")
-        self.task, self.balance, self.mode, self.seed, self.parallel, self.proposed = task, balance, mode, seed, parallel, None
+        self.task, self.balance, self.mode, self.seed, self.parallel, self.follow, self.proposed = task, balance, mode, seed, parallel, follow, None
 
-    def __repr__(self): return f"Conditioner({self.task.name!r}, attributes={list(self.task.attributes)}, balance={self.balance}, mode={self.mode!r})"
+    def __repr__(self): return f"Conditioner({self.task.name!r}, attributes={list(self.task.attributes)}, balance={self.balance}, mode={self.mode!r}, follow={self.follow!r})"
 
     @property
     def fixed_fields(self) -> tuple:
@@ -251,17 +275,20 @@ async def aprepare(self:Conditioner, gen, # the run's `generate.Generator`, aske
 def settings(self:Conditioner) -> dict:
     "What a resumed run must share with the run it continues (proposed values are not here: the run's state keeps and reuses them)."
     return {'attributes': {n: attribute_spec(a) for n, a in self.task.attributes.items()}, 'balance': self.balance,
-            'condition_mode': self.mode, 'condition_seed': self.seed, 'condition_parallel': self.parallel}
+            'condition_mode': self.mode, 'condition_seed': self.seed, 'condition_parallel': self.parallel,
+            **({'condition_follow': self.follow} if self.follow != 'free' else {})}  # absent when 'free': runs from before the option resume
 
 # %% ../nbs/08_attributes.ipynb #842bd8b2
 @patch
 def ask(self:Conditioner, rnd:int, # the round
         j:int,                     # the request within the round
-        per_request:int            # examples the request asks for
+        per_request:int,           # examples the request asks for
+        shot=None                  # the request's `sampling.Shot`: its `conditions` are kept or avoided as `follow` says
        ) -> dict:
     "The extra keyword arguments of `prompt.messages` for request `j` of round `rnd`: `conditions`, `label_targets`, `fixed` (absent when unused)."
     i, out = rnd * self.parallel + j, {}
     drawn = sample_conditions(self.task, 1, self.seed, self.mode, start=i, proposed=self.proposed)[0]
+    drawn = follow_shot(drawn, getattr(shot, 'conditions', None), self.follow, attribute_values(self.task, self.proposed), f"{self.seed}:{i}", self.mode == 'weighted')
     if conditions := {k: v for k, v in drawn.items() if k not in self.task.example}: out['conditions'] = conditions
     if fixed := {k: v for k, v in drawn.items() if k in self.task.example}: out['fixed'] = fixed
     if self.balance and (targets := label_targets(self.task, per_request, i)): out['label_targets'] = targets

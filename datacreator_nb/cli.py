@@ -78,7 +78,7 @@ def hooks_from_args(args, task:Task) -> dict:
     tree = ALIASES.get(args.strategy, args.strategy) == 'tree'
     parallel = args.parallel or PROFILES[args.profile]['tree_parallel' if tree else 'parallel']   # the conditioner numbers requests as the loop sends them
     judge = Generator(model=args.judge_model, base_url=args.judge_base_url, api_key=os.environ.get(args.judge_api_key_env) or 'not-needed') if args.judge_base_url else None
-    return {'conditioner': Conditioner(task, balance=args.balance, seed=args.seed, parallel=parallel) if task.attributes or args.balance else None,
+    return {'conditioner': Conditioner(task, balance=args.balance, seed=args.seed, parallel=parallel, follow=args.follow) if task.attributes or args.balance else None,
             'curator': Curator(judge=judge) if args.curate or judge else None}
 
 def cmd_create(args) -> int:
@@ -120,6 +120,7 @@ def _profile_and_hook_options(c):
     c.add_argument('--profile', default='default', choices=list(PROFILES), help="'paper': the paper's settings (temperature 1, top_p 0, one chain, tree by levels...)")
     c.add_argument('--attributes', help='JSON file of attributes to vary per request (the task file\'s "attributes" form); default: the task file\'s own')
     c.add_argument('--balance', action='store_true', help='ask every request for a mix of labels that keeps the set balanced')
+    c.add_argument('--follow', default='free', choices=['free', 'within', 'across'], help="a request's conditions and its shot's: 'within' the same (a subtree or chain per topic), 'across' others (each level changes topic); default: unrelated")
     c.add_argument('--curate', action='store_true', help='drop echoes, meta-text, cut-off and ill-formed items before they become records')
     c.add_argument('--judge-base-url', help='OpenAI-compatible URL of an LLM judge that scores each example (implies --curate)')
     c.add_argument('--judge-model', default='gpt-4o-mini'); c.add_argument('--judge-api-key-env', default='OPENAI_API_KEY')

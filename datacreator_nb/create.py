@@ -24,10 +24,10 @@ from .local_model import adapt_response_format
 
 # %% auto #0
 __all__ = ['PROVENANCE', 'SIMULATED_WARNING', 'SAVE_FORMATS', 'PROFILES', 'ROUND_COLUMNS', 'EMBEDDED_TIMEOUT', 'simple_create',
-           'shot_ids', 'LoopState', 'requests_needed', 'round_rng', 'is_simulated', 'check_save_format',
+           'shot_refs', 'LoopState', 'requests_needed', 'round_rng', 'is_simulated', 'check_save_format',
            'CreationResult', 'profile_of', 'profile_options', 'check_profile_parts', 'as_strategy', 'Run', 'Round',
-           'is_fatal', 'request_messages', 'settled', 'screen_reply', 'add_record', 'judge_in_order', 'ask',
-           'all_or_none', 'round_stats', 'run_round', 'initial_state', 'resume', 'example_of', 'task_digest',
+           'is_fatal', 'request_messages', 'settled', 'screen_reply', 'asked_values', 'add_record', 'judge_in_order',
+           'ask', 'all_or_none', 'round_stats', 'run_round', 'initial_state', 'resume', 'example_of', 'task_digest',
            'run_settings', 'check_settings', 'check_counts', 'charge_finished', 'stop_reason', 'save_round', 'snapshot',
            'open_run', 'spent', 'prepare', 'run_rounds', 'creation_result', 'run_to_end', 'curator_settings',
            'round_size', 'run_options', 'acreate', 'run_on_worker', 'create', 'default_generator']
@@ -60,10 +60,10 @@ async def simple_create(task:Task,            # what to create
 PROVENANCE = ('id', 'round', 'parent', 'depth', 'strategy', 'model')   # the keys of a record's `_meta` object
 
 # %% ../nbs/05_create.ipynb #8288ff0d
-def shot_ids(shots:list[Shot]  # shots, in request order
-            ) -> list[tuple]:
-    "What the state file keeps of shots: (record id, depth) pairs."
-    return [(s.id, s.depth) for s in shots]
+def shot_refs(shots:list[Shot]  # shots, in request order
+             ) -> list[tuple]:
+    "What the state file keeps of shots: (record id, depth, conditions) triples."
+    return [(s.id, s.depth, s.conditions) for s in shots]
 
 @dataclass
 class LoopState:
@@ -83,7 +83,7 @@ class LoopState:
             ):
         "Write the state (without the rounds' statistics) atomically: a temp file, then a rename."
         state = {k: v for k, v in self.__dict__.items() if k != 'rounds'}
-        frontier = {'shots': shot_ids(self.frontier.shots), 'level': shot_ids(self.frontier.level)}
+        frontier = {'shots': shot_refs(self.frontier.shots), 'level': shot_refs(self.frontier.level)}
         if path: write_atomically(path, json.dumps({**state, 'frontier': frontier}, ensure_ascii=False))
 
     @classmethod
@@ -96,7 +96,7 @@ class LoopState:
         try: d = json.loads(path.read_text(encoding='utf-8'))
         except json.JSONDecodeError as e: raise TaskError(f"the loop's state file is not valid JSON ({e.msg}); delete it and the records to start afresh", where=f"{path}:{e.lineno}") from None
         try:
-            shots = {k: [Shot(example_of(i), i, depth) for i, depth in d['frontier'][k]] for k in ('shots', 'level')}
+            shots = {k: [Shot(example_of(i), i, depth, *conditions) for i, depth, *conditions in d['frontier'][k]] for k in ('shots', 'level')}  # pairs: written before shots had conditions
             return cls(**{**d, 'frontier': Frontier(example_of(None), **shots)})
         except TaskError: raise   # already says what is wrong
         except (KeyError, TypeError, ValueError) as e: raise TaskError(f"the loop's state file is not one this version wrote ({type(e).__name__}: {e}); delete it and the records to start afresh", where=str(path)) from None
@@ -273,7 +273,7 @@ class Round:
 
     def __post_init__(self):
         k, c = len(self.shots), self.run.conditioner
-        self.asked = [c.ask(self.number, j, self.run.per_request) if c is not None else {} for j in range(k)]
+        self.asked = [c.ask(self.number, j, self.run.per_request, shot=s) if c is not None else {} for j, s in enumerate(self.shots)]
         self.replies, self.screened, self.t0 = [None] * k, [None] * k, time.perf_counter()
         self.last_reply = self.t0
 
@@ -316,6 +316,11 @@ async def screen_reply(run:Run,         # what the run's rounds share
     rejected += [(f[0], ex) for ex, f in zip(checked, flags) if f]
     return [ex for ex, f in zip(checked, flags) if not f], [r for r, f in zip(judged, flags) if not f], rejected
 
+def asked_values(asked:dict  # what the conditioner asks of a request ({} without one)
+                ) -> dict|None:
+    "The attribute values a request asked for, its conditions and fixed fields together (None when none): the `conditions` of its records' shots."
+    return {**asked.get('conditions', {}), **asked.get('fixed', {})} or None
+
 def add_record(rd:Round,    # the round in flight
                j:int,       # the request's position in its round
                record:dict  # the example as a record (the curator's, when there is one)
@@ -326,7 +331,7 @@ def add_record(rd:Round,    # the round in flight
     meta = {'id': rd.first_id + len(rd.made), 'round': rd.number, 'parent': parent.id, 'depth': parent.depth + 1,
             'strategy': run.strategy.name, 'model': run.gen.model, **(run.conditioner.record(rd.asked[j]) if run.conditioner is not None else {})}
     rd.made.append({**record, '_meta': meta}); rd.from_cache += bool(rd.replies[j].cached)
-    return Shot(run.task.from_record(rd.made[-1]), meta['id'], meta['depth'])
+    return Shot(run.task.from_record(rd.made[-1]), meta['id'], meta['depth'], asked_values(rd.asked[j]))
 
 def judge_in_order(rd:Round  # the round in flight
                   ):

@@ -172,10 +172,11 @@ class Similar(BySimilarity):
 # %% ../nbs/04_sampling.ipynb #3b0d42e9
 @dataclass
 class Shot:
-    "A formatting example shown in a request, with the id of its record and its depth."
-    example:dict      # the example, its keys in the task's order
-    id:int|None=None  # the id of its record; None for the task's own example
-    depth:int=0       # generations from the task's example
+    "A formatting example shown in a request, with the id of its record, its depth and the conditions it was made under."
+    example:dict            # the example, its keys in the task's order
+    id:int|None=None        # the id of its record; None for the task's own example
+    depth:int=0             # generations from the task's example
+    conditions:dict|None=None # the attribute values its request asked for ({'topic': ...}, fixed fields too); None: none
 
 @dataclass
 class Frontier:

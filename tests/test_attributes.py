@@ -381,3 +381,120 @@ def test_create_open_book_passages_end_to_end():
     assert res.rejections['near_duplicate'] == 0   # questions are compared without their shared passage (was 80)
     assert not any(r['question'].startswith(f"Claim {i} ") for r in res.records for i in range(2, 10**4, 5))
     assert any(r['question'].startswith(f"Claim {i} ") for r in res.records for i in range(1, 200, 5))  # repaired ones are kept
+
+
+# --- following the shot: within or across topics (every strategy) --------------------------------
+
+from datacreator_nb.attributes import FOLLOWS, follow_shot
+from datacreator_nb.create import LoopState
+from datacreator_nb.run_files import state_path
+from datacreator_nb.sampling import HashingEmbedder, Shot, get_strategy
+
+STRATEGIES = {'tree': lambda: 'tree', 'random': lambda: 'random', 'similar': lambda: get_strategy('similar', embedder=HashingEmbedder())}
+
+
+def follow_run(follow, strategy='tree', n=36, t=None, values=TOPICS['topic'], out=None, writer=None, **kw):
+    "A run of `n` through the simulated server (`writer`, else a new `obedient` one) whose requests follow their shots' conditions as `follow` says."
+    t = t or task(TOPICS)
+    c = Conditioner(t, balance=True, seed=5, parallel=2, follow=follow)
+    with SimulatedServer(writer or obedient(values)) as srv:
+        g = Generator('simulated', base_url=srv.base_url, api_key='sk-x')
+        return create(t, n, strategy=STRATEGIES[strategy](), generator=g, per_request=3, parallel=2, conditioner=c, progress=False, out=out, **kw)
+
+
+def shot_and_own(res, key=lambda r: r['_meta']['conditions']['topic']):
+    "(the shot's value, the record's value) of every record whose shot was another record."
+    of = {r['_meta']['id']: key(r) for r in res.records}
+    return [(of[r['_meta']['parent']], key(r)) for r in res.records if r['_meta']['parent'] is not None]
+
+
+@pytest.mark.parametrize('strategy', list(STRATEGIES))
+def test_within_asks_for_the_shot_topic_again(strategy):
+    res = follow_run('within', strategy)
+    pairs = shot_and_own(res)
+    assert len(res.records) == 36 and len(pairs) >= 24 and res.simulated
+    assert all(shot == own for shot, own in pairs)
+    assert abs(sum(r['label'] for r in res.records) - 18) <= 3                      # balance still asked per request
+    assert any(shot != own for shot, own in shot_and_own(follow_run('free', strategy)))  # by number: topics change (the old behaviour)
+
+
+@pytest.mark.parametrize('strategy', list(STRATEGIES))
+def test_across_never_asks_for_the_shot_topic(strategy):
+    three = {'topic': TOPICS['topic'][:3]}                                        # by number, a chain would meet its shot's topic again
+    res = follow_run('across', strategy, t=task(three))
+    pairs = shot_and_own(res)
+    assert len(res.records) == 36 and len(pairs) >= 24
+    assert all(shot != own for shot, own in pairs)
+    assert {own for _, own in pairs} == set(three['topic'])                       # every topic still used
+
+
+def test_free_topics_ignore_the_shot():
+    "The old behaviour, the default: by request number, a tree's records are sometimes on their shot's topic, sometimes not."
+    pairs = shot_and_own(follow_run('free'))
+    assert any(shot == own for shot, own in pairs) and any(shot != own for shot, own in pairs)
+
+
+@pytest.mark.parametrize('follow', ['within', 'across'])
+def test_passages_follow_the_shot(follow):
+    "Open book: 'within' asks about the shot's passage again, 'across' about another one."
+    t = replace(OPEN, attributes={'context': {'propose': 2}})
+    res = follow_run(follow, t=t, n=24, values=[DUNE, REEF])
+    pairs = shot_and_own(res, key=lambda r: r['context'])
+    assert len(res.records) == 24 and pairs and all((shot == own) == (follow == 'within') for shot, own in pairs)
+
+
+@pytest.mark.parametrize('follow', ['within', 'across'])
+def test_a_resumed_run_asks_what_the_uninterrupted_run_asked(tmp_path, follow):
+    "The shots' conditions are saved with the frontier: a run stopped after 2 rounds and resumed asks as one that never stopped."
+    meta = lambda res: [{k: r['_meta'][k] for k in ('id', 'parent', 'depth', 'conditions')} for r in res.records]
+    whole, writer = follow_run(follow, out=tmp_path / 'whole.jsonl'), obedient(TOPICS['topic'])   # one writer for both calls: no claim twice
+    part = follow_run(follow, out=tmp_path / 'part.jsonl', max_rounds=2, writer=writer)
+    saved = json.loads(state_path(tmp_path / 'part.jsonl').read_text())['frontier']['shots']
+    assert len(part.records) == 3 + 6 and all(set(c) == {'topic'} for _, _, c in saved)
+    assert meta(follow_run(follow, out=tmp_path / 'part.jsonl', writer=writer)) == meta(whole)
+
+
+def test_follow_is_a_setting_of_the_run(tmp_path):
+    follow_run('within', out=tmp_path / 'set.jsonl', max_rounds=1)
+    with pytest.raises(TaskError, match="other settings.*condition_follow 'within' -> 'across'"):
+        follow_run('across', out=tmp_path / 'set.jsonl')
+    with pytest.raises(TaskError, match="other settings.*condition_follow 'within' -> None"):
+        follow_run('free', out=tmp_path / 'set.jsonl')
+    assert 'condition_follow' not in Conditioner(task(TOPICS)).settings()          # runs started before the option resume as they were
+
+
+def test_free_is_by_request_number_whatever_the_shot():
+    c, shot = Conditioner(task(TOPICS), seed=3, parallel=2, follow='free'), Shot({'question': 'q'}, 4, 1, {'topic': 'bees'})
+    c.proposed = TOPICS
+    asks = [c.ask(r, j, 5, shot=shot)['conditions'] for r in range(4) for j in range(2)]
+    assert asks == sample_conditions(task(TOPICS), 8, seed=3, proposed=TOPICS) == [c.ask(r, j, 5)['conditions'] for r in range(4) for j in range(2)]
+    assert FOLLOWS == ('free', 'within', 'across')
+    with pytest.raises(ValueError, match="follow must be one of"): Conditioner(task(TOPICS), follow='near')
+
+
+def test_across_keeps_a_single_value_and_draws_by_weight():
+    t = task({'topic': ['bees'], 'style': {'values': ['plain', 'playful', 'formal'], 'weights': [0, 1, 1]}})
+    c = Conditioner(t, mode='weighted', follow='across')
+    asks = [c.ask(r, 0, 5, shot=Shot({}, 1, 1, {'topic': 'bees', 'style': 'playful'}))['conditions'] for r in range(40)]
+    assert {a['topic'] for a in asks} == {'bees'} and {a['style'] for a in asks} == {'formal'}   # never 'playful' (the shot's), never weight 0
+    assert follow_shot({'topic': 'bees'}, None, 'across', {}, 'k') == {'topic': 'bees'}     # the task's own example: nothing to avoid
+
+
+def test_a_state_file_from_before_conditions_still_loads(tmp_path):
+    (p := tmp_path / 'old.state.json').write_text(json.dumps({'round': 2, 'frontier': {'shots': [[3, 1]], 'level': []}}))
+    st = LoopState.load(p, lambda i: {'question': f'q{i}'})
+    assert st.frontier.shots == [Shot({'question': 'q3'}, 3, 1)] and st.frontier.shots[0].conditions is None
+
+
+def test_create_follow_from_the_command_line(tmp_path, capsys):
+    from datacreator_nb.cli import main
+    from datacreator_nb.task import read_jsonl
+    (spec := tmp_path / 'attrs.json').write_text(json.dumps({'topic': TOPICS['topic']}))
+    out = tmp_path / 'w.jsonl'
+    argv = ['create', '--preset', 'yesno_close', '--n', '20', '--strategy', 'tree', '--parallel', '2', '--simulated', '--attributes', str(spec), '--out', str(out), '--quiet']
+    assert main([*argv, '--follow', 'within']) == 0
+    recs = read_jsonl(out)
+    topic = {r['_meta']['id']: r['_meta']['conditions']['topic'] for r in recs}
+    assert len(recs) == 20 and all(topic[r['_meta']['parent']] == topic[r['_meta']['id']] for r in recs if r['_meta']['parent'] is not None)
+    assert json.loads(state_path(out).read_text())['settings']['condition_follow'] == 'within'
+    with pytest.raises(SystemExit): main([*argv, '--follow', 'sideways'])

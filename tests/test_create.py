@@ -597,7 +597,7 @@ class StandIn:
     def __init__(self): self.calls, self.settled = [], 0
     async def aprepare(self, gen, saved): return saved or {'made': True}
     def settings(self): return {'stand_in': 1}
-    def ask(self, rnd, j, per_request): self.calls.append((rnd, j, per_request)); return {'conditions': {'topic': f'r{rnd}j{j}'}}
+    def ask(self, rnd, j, per_request, shot=None): self.calls.append((rnd, j, per_request)); return {'conditions': {'topic': f'r{rnd}j{j}'}}
     def record(self, asked): return {'asked_topic': asked['conditions']['topic']}
     def settle(self, asked, ex):
         self.settled += 1
