@@ -23,8 +23,8 @@ import pandas as pd
 from openai import OpenAI
 
 from datacreator_nb.create import create
-from datacreator_nb.generate import Generator
-from datacreator_nb.local_model import ENGINES, adapt_response_format, serve_model
+from datacreator_nb.generate import Generator, structured_fields
+from datacreator_nb.local_model import ENGINES, serve_model
 from datacreator_nb.prompt import messages, reply_schema, response_format
 from datacreator_nb.task import preset
 
@@ -77,7 +77,7 @@ def creation_run(srv, args, out: Path) -> tuple[dict, dict]:
 def reply_counts(srv, schema: bool, requests: int, per_request: int, max_tokens: int) -> dict:
     "`requests` prompts of the task sent together, with or without its JSON Schema: how many replies are JSON, how many fit the schema."
     client, check = OpenAI(base_url=srv.base_url, api_key='not-needed', max_retries=2, timeout=600), jsonschema.Draft202012Validator(reply_schema(TASK, per_request))
-    rf = {'response_format': adapt_response_format(response_format(TASK, per_request), srv.kind)} if schema else {}
+    rf = {'extra_body': structured_fields(response_format(TASK, per_request), srv.kind)} if schema else {}
     def ask(seed):
         return client.chat.completions.create(model=srv.model, messages=messages(TASK, n=per_request), temperature=1.0, seed=seed,
                                               max_tokens=max_tokens, **rf).choices[0].message.content

@@ -11,7 +11,6 @@ import pandas as pd
 from fastcore.basics import patch
 
 from .task import Attribute, Task, TaskError
-from .local_model import adapt_response_format
 from .near_duplicates import DedupIndex
 from .validate import decode_at, normal_text, words
 
@@ -151,8 +150,8 @@ async def propose_values(task:Task,  # the task the values are for
                         ) -> list[str]:
     "Up to `n` distinct usable values of attribute `name` for `task`, proposed by the model in one request, or more while too few are usable."
     kind = getattr(generator, 'server_kind', 'openai')  # structured like the examples: when the generator has a format, or is llama.cpp's
-    structured = (getattr(generator, 'params', None) or {}).get('response_format') or kind == 'llama_cpp'
-    fmt, values = adapt_response_format(values_format(n), kind) if structured else None, []
+    structured = (getattr(generator, 'params', None) or {}).get('response_format') or kind != 'openai'
+    fmt, values = values_format(n) if structured else None, []   # the generator sends it in its server's form
     for sample in range(tries):
         reply = await generator.complete(proposal_messages(task, name, n), sample, response_format=fmt)
         values = clean_values(values + parse_values(reply.text, n), 2 * n)

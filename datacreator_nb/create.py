@@ -20,7 +20,6 @@ from .prompt import messages, response_format
 from .generate import Generator, GenerationError, endpoint_name, is_local
 from .validate import Validator
 from .sampling import Frontier, Shot, Strategy, Tree, get_strategy
-from .local_model import adapt_response_format
 
 # %% auto #0
 __all__ = ['PROVENANCE', 'SIMULATED_WARNING', 'SAVE_FORMATS', 'PROFILES', 'ROUND_COLUMNS', 'EMBEDDED_TIMEOUT', 'simple_create',
@@ -590,8 +589,8 @@ def run_options(task:Task,                # what to create
     opts = profile_options(profile, isinstance(strat, Tree), **given)
     check_profile_parts(profile, gen, strat, validator, opts['by_level'], opts['near_dup'])
     check_counts(per_request=opts['per_request'], parallel=opts['parallel'])
-    if opts['structured'] is None: opts['structured'] = gen.server_kind == 'llama_cpp'
-    fmt = adapt_response_format(response_format(task, opts['per_request']), gen.server_kind) if opts['structured'] else None
+    if opts['structured'] is None: opts['structured'] = gen.server_kind != 'openai'
+    fmt = response_format(task, opts['per_request']) if opts['structured'] else None   # the generator sends it in its server's form
     return strat, opts, fmt, validator or Validator(task, opts['near_dup'], ignore=getattr(conditioner, 'fixed_fields', ()))
 
 async def acreate(task:Task,                 # what to create

@@ -20,7 +20,6 @@ from .generate import Generator, endpoint_name
 from .create import SAVE_FORMATS, jsonl_text, run_on_worker, write_atomically
 from .validate import extract_objects, normalise, normal_text, words
 from .evaluate import DownstreamModel, ngrams, record_meta
-from .local_model import adapt_response_format
 
 # %% auto #0
 __all__ = ['CURATION', 'META_PATTERNS', 'WH_WORDS', 'REQUEST_VERBS', 'DANGLING', 'RUBRIC', 'JUDGEMENT_SCHEMA', 'POLICIES',
@@ -225,12 +224,11 @@ def judge_messages(task:Task, # the task of the record
               'Reply with one JSON object: {"score": 1-5, "label_correct": true or false, "reason": "one sentence"}.')
     return [{"role": "system", "content": system}, {"role": "user", "content": "The example:\n" + render_example(task.from_record(rec))}]
 
-def json_format(name:str,                # the format's name
-                schema:dict,             # JSON Schema of the reply
-                server_kind:str='openai' # 'openai' or 'llama_cpp': which form the endpoint enforces
+def json_format(name:str,   # the format's name
+                schema:dict # JSON Schema of the reply
                ) -> dict:
-    "A `response_format` asking for JSON that fits `schema`, in the form `server_kind` enforces."
-    return adapt_response_format({"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": False}}, server_kind)
+    "A `response_format` asking for JSON that fits `schema` (OpenAI's form: the generator adapts it to its server)."
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": False}}
 
 # %% ../nbs/07_curate.ipynb #30ef70bc
 _BOOL_TEXT = {'true': True, 'false': False, 'yes': True, 'no': False}
@@ -262,7 +260,7 @@ async def ajudge(task:Task,            # the task of the records
                  threshold:float=3.0   # scores below this flag 'judge_low_score'
                 ) -> list[dict]:
     "The records, each annotated with the judge's score, label check and reason."
-    fmt = json_format('judgement', JUDGEMENT_SCHEMA, judge.server_kind)
+    fmt = json_format('judgement', JUDGEMENT_SCHEMA)
     replies = await judge.complete_many([judge_messages(task, r) for r in records], response_format=fmt)
     return [judged(r, reply, threshold) for r, reply in zip(records, replies)]
 
@@ -330,7 +328,7 @@ async def aself_consistency(task:Task,               # the task of the records
     batch = [answer_messages(task, records[j // k], o) for j, o in enumerate(shown)]
     n = max((len(o) for o in shown), default=0)
     answer = {"type": "boolean"} if task.label_space.boolean else {"enum": [chr(65 + i) for i in range(n)]}   # one schema for all requests
-    fmt = json_format('answer', {"type": "object", "required": [task.answer_key], "properties": {task.answer_key: answer}}, judge.server_kind)
+    fmt = json_format('answer', {"type": "object", "required": [task.answer_key], "properties": {task.answer_key: answer}})
     replies = await judge.complete_many(batch, response_format=fmt)
     votes = [read_vote(task, r.text, o) if r.ok else None for r, o in zip(replies, shown)]
     return [consistency(r, votes[i * k:(i + 1) * k], policy, min_confidence) for i, r in enumerate(records)]

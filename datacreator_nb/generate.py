@@ -21,12 +21,13 @@ from tenacity.wait import wait_base
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'ENDPOINTS', 'NO_KEY', 'PAPER_USD_PER_1M', 'RETRY_STATUS', 'NO_RETRY_CODES', 'LIMITS', 'RESERVE_TOKENS',
-           'resolve_endpoint', 'redact', 'is_local', 'endpoint_name', 'warn_plain_http', 'known_prices',
-           'resolve_prices', 'cost_usd', 'estimate_tokens', 'prompt_tokens', 'Completion', 'Failure', 'GenerationError',
-           'BudgetExceeded', 'EmptyContent', 'NotACompletion', 'Stats', 'fatal', 'retryable', 'retry_after',
-           'wait_retry_after', 'read_reply', 'read_answer', 'server_message', 'digest', 'request_key', 'Cache',
-           'http_client', 'check_settings', 'Limit', 'Generator', 'pricing', 'sample_numbers']
+__all__ = ['log', 'ENDPOINTS', 'NO_KEY', 'PAPER_USD_PER_1M', 'RETRY_STATUS', 'NO_RETRY_CODES', 'LIMITS', 'SERVER_KINDS',
+           'RESERVE_TOKENS', 'resolve_endpoint', 'redact', 'is_local', 'endpoint_name', 'warn_plain_http',
+           'known_prices', 'resolve_prices', 'cost_usd', 'estimate_tokens', 'prompt_tokens', 'Completion', 'Failure',
+           'GenerationError', 'BudgetExceeded', 'EmptyContent', 'NotACompletion', 'Stats', 'fatal', 'retryable',
+           'retry_after', 'wait_retry_after', 'read_reply', 'read_answer', 'server_message', 'digest', 'request_key',
+           'Cache', 'http_client', 'check_settings', 'Limit', 'grammar_schema', 'structured_fields', 'Generator',
+           'pricing', 'sample_numbers']
 
 # %% ../nbs/02_generate.ipynb #892bf923
 ENDPOINTS = {'openai': 'https://api.openai.com/v1', 'vllm': 'http://localhost:8000/v1', 'ollama': 'http://localhost:11434/v1',
@@ -390,6 +391,30 @@ def observe(self:Limit, seconds:float|None # an answer's latency; None: a sign o
     else: self.limit = min(self.most, self.limit * 2 if self.growing else self.limit + 1)
     self._since, self._hot = 0, False
 
+# %% ../nbs/02_generate.ipynb #c52e4bf2
+SERVER_KINDS = ('openai', 'llama_cpp', 'llguidance')
+_NAMED_SCHEMAS = ('properties', '$defs', 'definitions', 'patternProperties')
+_PLAIN_VALUES = ('const', 'enum', 'default', 'examples', 'required')
+
+def grammar_schema(schema): # a JSON Schema (or a part of one: a list, a dict, a plain value)
+    "`schema` without `pattern` keywords, which llama.cpp's converters may not compile (a property called 'pattern' stays)."
+    if isinstance(schema, list): return [grammar_schema(s) for s in schema]
+    if not isinstance(schema, dict): return schema
+    return {k: ({name: grammar_schema(s) for name, s in v.items()} if k in _NAMED_SCHEMAS
+                else v if k in _PLAIN_VALUES else grammar_schema(v))
+            for k, v in schema.items() if k != 'pattern'}
+
+def structured_fields(rf:dict|None,    # an OpenAI-style `response_format`, or None
+                      server_kind:str  # 'openai', 'llama_cpp' or 'llguidance' (see above)
+                     ) -> dict:
+    "The request-body fields that make a `server_kind` server enforce `rf`: {} without one."
+    if server_kind not in SERVER_KINDS: raise ValueError(f"server_kind must be one of {SERVER_KINDS}, got {server_kind!r}")
+    if rf is None: return {}
+    if server_kind == 'openai' or rf.get('type') != 'json_schema': return {'response_format': rf}
+    schema = grammar_schema(rf['json_schema']['schema'])
+    if server_kind == 'llama_cpp': return {'response_format': {"type": "json_object", "schema": schema}}
+    return {'grammar': '%llguidance {}\nstart: %json ' + json.dumps({"x-guidance": {"whitespace_flexible": False}, **schema})}
+
 # %% ../nbs/02_generate.ipynb #5bb273ae
 class Generator:
     "Chat completions from an OpenAI-compatible endpoint: concurrent, retried, priced, budgeted, cached."
@@ -410,11 +435,12 @@ class Generator:
                  price_in:float|None=None,     # USD per 1M prompt tokens; None: genai-prices'
                  price_out:float|None=None,    # USD per 1M completion tokens; None: genai-prices'
                  cache:str|Path|None=None,     # sqlite file of answers; None: no cache
-                 server_kind:str='openai',     # 'openai' (OpenAI, vLLM, Ollama...) or 'llama_cpp': which structured-output form it takes
+                 server_kind:str='openai',     # which structured-output form it takes: 'openai' (OpenAI, vLLM, Ollama...), 'llama_cpp' or 'llguidance'
                  endpoint:str|None=None,       # the endpoint's name in cache keys and `identity`; None: `endpoint_name(model, base_url)`
                  sleep=asyncio.sleep):         # how to wait (tests record the waits)
         check_settings(temperature=temperature, top_p=top_p, max_tokens=max_tokens, timeout=timeout, concurrency=concurrency, max_retries=max_retries,
                        backoff=backoff, max_wait=max_wait, budget_usd=budget_usd, price_in=price_in, price_out=price_out)
+        structured_fields(None, server_kind)   # refuses an unknown kind now, not at the first request
         self.base_url, api_key = resolve_endpoint(base_url, api_key)
         self.model, self.timeout, self.concurrency, self.max_retries, self.server_kind = model, timeout, concurrency, max_retries, server_kind
         self.endpoint, self._limit = endpoint or endpoint_name(model, self.base_url), Limit(concurrency, adaptive)
@@ -443,10 +469,11 @@ def pricing(model:str,            # model name at the endpoint
 
 # %% ../nbs/02_generate.ipynb #61fce596
 @patch
-def request_params(self:Generator, response_format:dict|None=None # for this request, instead of the generator's
+def request_params(self:Generator, response_format:dict|None=None # for this request, instead of the generator's (OpenAI's form)
                   ) -> dict:
-    "The generation parameters of one request: the generator's, with `response_format` if given."
-    return {**self.params, 'response_format': response_format} if response_format else self.params
+    "The body fields of one request: the generator's parameters, its structured output (or the one given) in its server's form."
+    plain = {k: v for k, v in self.params.items() if k != 'response_format'}
+    return {**plain, **structured_fields(response_format or self.params['response_format'], self.server_kind)}
 
 @patch
 def key(self:Generator, messages:list, # chat messages

@@ -12,9 +12,8 @@ from fastcore.basics import patch
 from tabulate import tabulate
 
 # %% auto #0
-__all__ = ['GGUF_NAME', 'MODEL_ALIAS', 'INSTALL_HINT', 'ENGINES', 'SERVER_KINDS', 'LocalModelError', 'bundled_gguf', 'free_port',
-           'native_available', 'server_command', 'run_child', 'ModelServer', 'serve_model', 'grammar_schema',
-           'adapt_response_format', 'serve_forever']
+__all__ = ['GGUF_NAME', 'MODEL_ALIAS', 'INSTALL_HINT', 'ENGINES', 'LocalModelError', 'bundled_gguf', 'free_port',
+           'native_available', 'server_command', 'run_child', 'ModelServer', 'serve_model', 'serve_forever']
 
 # %% ../nbs/12_local_model.ipynb #07c5bdfc
 GGUF_NAME = 'SmolLM2-135M-Instruct.Q4_1.gguf'
@@ -113,8 +112,6 @@ def _require_server_extra():
 # %% ../nbs/12_local_model.ipynb #d15ec974
 class ModelServer:
     "llama.cpp's native server (or llama-cpp-python's) in a child process: start, wait until it answers, stop."
-    kind = 'llama_cpp'  # the `server_kind` to give `adapt_response_format` (both engines take llama.cpp's form)
-
     def __init__(self,
                  gguf:str|Path=None,       # GGUF model file; default: the bundled SmolLM2-135M-Instruct
                  port:int=0,               # TCP port; 0 picks a free one
@@ -135,6 +132,8 @@ class ModelServer:
 
     @property
     def base_url(self) -> str: return f"http://{self.host}:{self.port}/v1"
+    @property
+    def kind(self) -> str: return 'llguidance' if self.engine == 'native' else 'llama_cpp'   # its generators' `server_kind`
     @property
     def pid(self) -> int|None: return self.proc.pid if self.proc else None
     @property
@@ -250,27 +249,6 @@ def serve_model(gguf:str|Path=None, # GGUF model file; default: the bundled Smol
                ) -> ModelServer:
     "Start a local OpenAI-compatible server for `gguf` and wait until it answers."
     return ModelServer(gguf, **kwargs).start()
-
-# %% ../nbs/12_local_model.ipynb #b85fed54
-SERVER_KINDS = ('openai', 'llama_cpp')
-_NAMED_SCHEMAS = ('properties', '$defs', 'definitions', 'patternProperties')
-_PLAIN_VALUES = ('const', 'enum', 'default', 'examples', 'required')
-
-def grammar_schema(schema): # a JSON Schema (or a part of one: a list, a dict, a plain value)
-    "`schema` without `pattern` keywords, which llama.cpp cannot compile (it would drop the whole schema)."
-    if isinstance(schema, list): return [grammar_schema(s) for s in schema]
-    if not isinstance(schema, dict): return schema
-    return {k: ({name: grammar_schema(s) for name, s in v.items()} if k in _NAMED_SCHEMAS
-                else v if k in _PLAIN_VALUES else grammar_schema(v))
-            for k, v in schema.items() if k != 'pattern'}
-
-def adapt_response_format(rf:dict,                 # an OpenAI-style `response_format`
-                          server_kind:str='llama_cpp' # 'openai' (OpenAI, vLLM...) or 'llama_cpp'
-                         ) -> dict:
-    "The `response_format` that a `server_kind` server enforces, from OpenAI's `json_schema` shape."
-    if server_kind not in SERVER_KINDS: raise ValueError(f"server_kind must be one of {SERVER_KINDS}, got {server_kind!r}")
-    if server_kind == 'openai' or rf.get('type') != 'json_schema': return rf
-    return {"type": "json_object", "schema": grammar_schema(rf['json_schema']['schema'])}
 
 # %% ../nbs/12_local_model.ipynb #38022f5e
 def serve_forever(gguf:str|Path=None, # GGUF model file; default: the bundled SmolLM2-135M-Instruct

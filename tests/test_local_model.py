@@ -5,11 +5,10 @@ import pytest
 from openai import OpenAI
 
 import datacreator_nb.local_model as local_model
-from datacreator_nb.local_model import (LocalModelError, ModelServer, adapt_response_format, bundled_gguf,
-                                        free_port, grammar_schema, serve_model)
+from datacreator_nb.local_model import LocalModelError, ModelServer, bundled_gguf, free_port, serve_model
 from datacreator_nb.prompt import messages, reply_schema, response_format
 from datacreator_nb.task import TASK_TYPES, LabelSpace, Task, preset
-from datacreator_nb.generate import Generator
+from datacreator_nb.generate import Generator, grammar_schema, structured_fields
 from datacreator_nb.create import create as create_examples
 
 KNOWN_REASONS = {'not_json', 'truncated', 'not_object', 'no_json', 'missing_field', 'empty_field', 'wrong_type', 'answer_not_in_options',
@@ -147,15 +146,32 @@ def test_serve_forever_prints_the_url_and_stops_on_ctrl_c():
     assert gone(server_pid)
 
 
-def test_adapted_format_is_llama_cpp_shape_and_compiles_for_every_preset():
+def test_structured_output_takes_each_server_kinds_form_for_every_preset():
     from llama_cpp.llama_grammar import SchemaConverter
     for name in TASK_TYPES:
-        rf = adapt_response_format(response_format(preset(name), 3))
+        openai_rf = response_format(preset(name), 3)
+        rf = structured_fields(openai_rf, 'llama_cpp')['response_format']
         assert rf['type'] == 'json_object' and 'pattern' not in json.dumps(rf)
         SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False).visit(rf['schema'], '')  # raises if not
-    openai_rf = response_format(preset('mcqa_2'), 3)
-    assert adapt_response_format(openai_rf, 'openai') == openai_rf
-    with pytest.raises(ValueError, match='server_kind'): adapt_response_format(openai_rf, 'vllm')
+        head, schema = structured_fields(openai_rf, 'llguidance')['grammar'].split(' %json ')
+        assert head == '%llguidance {}\nstart:' and json.loads(schema) == {'x-guidance': {'whitespace_flexible': False}, **rf['schema']}
+        assert structured_fields(openai_rf, 'openai') == {'response_format': openai_rf}
+    with pytest.raises(ValueError, match='server_kind must be one of'): structured_fields(openai_rf, 'vllm')
+    with pytest.raises(ValueError, match='server_kind must be one of'): Generator('m', base_url='http://127.0.0.1:9/v1', server_kind='vllm')
+
+
+@pytest.mark.slow
+def test_the_native_server_writes_compact_json_in_its_generators_form():
+    "The embedded model's generators send the schema as a compact llguidance grammar: replies without indentation, of the asked shape."
+    import asyncio
+    from datacreator_nb.prompt import response_format as rf_of
+    task = preset('yesno_close')
+    with serve_model(slots=2, native=True) as srv:
+        gen = Generator(base_url=srv.base_url, model=srv.model, api_key='not-needed', server_kind=srv.kind, max_tokens=600)
+        replies = asyncio.run(gen.complete_many([messages(task, n=3)] * 2, [1, 2], response_format=rf_of(task, 3)))
+    assert srv.kind == 'llguidance' and all(r.ok for r in replies)
+    assert not any('\n' in r.text for r in replies)
+    assert all(len(json.loads(r.text)['examples']) == 3 for r in replies)
 
 
 def test_grammar_schema_keeps_a_property_named_pattern():
@@ -176,7 +192,7 @@ def test_the_real_model_creates_examples_that_pass_validation(tmp_path):
     "The creation loop through the real model: every kept example passes the task's checks, every other item has a reason."
     with serve_model() as srv:
         for task in (preset('yesno_close'), SENTIMENT, preset('mcqa_2')):
-            gen = Generator(base_url=srv.base_url, model=srv.model, api_key='not-needed', server_kind='llama_cpp', max_tokens=600)
+            gen = Generator(base_url=srv.base_url, model=srv.model, api_key='not-needed', server_kind=srv.kind, max_tokens=600)
             res = create_examples(task, 3, strategy='naive', generator=gen, per_request=3, parallel=1, max_rounds=3, progress=False)
             assert not res.failures, res.failures
             assert len(res.records) + sum(res.rejections.values()) > 0   # the model answered with items
