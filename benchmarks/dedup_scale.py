@@ -3,7 +3,7 @@
 About 10% of the examples are planted near-duplicates (one word of an earlier example replaced, case and
 punctuation changed), so the run also reports recall and precision on them. Last line: one JSON object.
 """
-import json, math, random, resource, time
+import argparse, json, math, random, resource, time
 
 from datacreator_nb.near_duplicates import DedupIndex
 
@@ -60,4 +60,6 @@ def main():
     print(f"peak RSS: {peak_mb:.0f} MB (after imports: {base_mb:.0f} MB)")
     print(json.dumps({"seconds_100k": round(rows[100_000][0], 3), "growth_exponent": round(growth, 3), "peak_mb": round(peak_mb, 1)}))
 
-if __name__ == '__main__': main()
+if __name__ == '__main__':
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()  # --help, and no stray arguments
+    main()

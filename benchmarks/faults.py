@@ -16,7 +16,7 @@ again with the same command; the fourth run finishes. Then:
   counts x the prices) minus the budget, 0 when under it. It may pass the budget by at most one request's worst case.
 Last line: {"examples": ..., "lost": ..., "duplicates": ..., "paid_twice": ..., "budget_overshoot_usd": ...}
 """
-import json, os, random, signal, sqlite3, subprocess, sys, tempfile, time
+import argparse, json, os, random, signal, sqlite3, subprocess, sys, tempfile, time
 from pathlib import Path
 
 N, KILLS, RATE, SEED = 2000, 3, 0.1, 11
@@ -165,4 +165,5 @@ def main():
 
 
 if __name__ == '__main__':
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()  # --help, and no stray arguments
     main()

@@ -14,7 +14,7 @@ requests in flight (50 ms + 5 ms per other request, `load_latency`), and to one 
 and 64 in flight and adaptively up to 64: req/s, mean latency, retries and the limit it ends at.
 Last line: {"ratio_at_64": ..., "overhead_ms": ..., "bare_ratio_at_64": ..., "adaptive_latency_cut": ...}
 """
-import asyncio, json, os, statistics, subprocess, sys, time
+import argparse, asyncio, json, os, statistics, subprocess, sys, time
 
 from openai import DefaultAioHttpClient
 
@@ -138,4 +138,5 @@ def main():
 
 
 if __name__ == '__main__':
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()  # --help, and no stray arguments
     main()
