@@ -26,8 +26,8 @@ __all__ = ['log', 'ENDPOINTS', 'NO_KEY', 'PAPER_USD_PER_1M', 'RETRY_STATUS', 'NO
            'known_prices', 'resolve_prices', 'cost_usd', 'estimate_tokens', 'prompt_tokens', 'Completion', 'Failure',
            'GenerationError', 'BudgetExceeded', 'EmptyContent', 'NotACompletion', 'Stats', 'fatal', 'retryable',
            'retry_after', 'wait_retry_after', 'read_reply', 'read_answer', 'server_message', 'digest', 'request_key',
-           'Cache', 'http_client', 'check_settings', 'Limit', 'grammar_schema', 'structured_fields', 'Generator',
-           'pricing', 'sample_numbers']
+           'Cache', 'http_client', 'check_settings', 'Limit', 'grammar_schema', 'checked_kind', 'structured_fields',
+           'Generator', 'pricing', 'sample_numbers']
 
 # %% ../nbs/02_generate.ipynb #892bf923
 ENDPOINTS = {'openai': 'https://api.openai.com/v1', 'vllm': 'http://localhost:8000/v1', 'ollama': 'http://localhost:11434/v1',
@@ -404,11 +404,17 @@ def grammar_schema(schema): # a JSON Schema (or a part of one: a list, a dict, a
                 else v if k in _PLAIN_VALUES else grammar_schema(v))
             for k, v in schema.items() if k != 'pattern'}
 
+def checked_kind(server_kind:str # 'openai', 'llama_cpp' or 'llguidance' (see above)
+                ) -> str:
+    "`server_kind`, or a ValueError naming the kinds there are."
+    if server_kind not in SERVER_KINDS: raise ValueError(f"server_kind must be one of {SERVER_KINDS}, got {server_kind!r}")
+    return server_kind
+
 def structured_fields(rf:dict|None,    # an OpenAI-style `response_format`, or None
                       server_kind:str  # 'openai', 'llama_cpp' or 'llguidance' (see above)
                      ) -> dict:
     "The request-body fields that make a `server_kind` server enforce `rf`: {} without one."
-    if server_kind not in SERVER_KINDS: raise ValueError(f"server_kind must be one of {SERVER_KINDS}, got {server_kind!r}")
+    checked_kind(server_kind)
     if rf is None: return {}
     if server_kind == 'openai' or rf.get('type') != 'json_schema': return {'response_format': rf}
     schema = grammar_schema(rf['json_schema']['schema'])
@@ -440,9 +446,8 @@ class Generator:
                  sleep=asyncio.sleep):         # how to wait (tests record the waits)
         check_settings(temperature=temperature, top_p=top_p, max_tokens=max_tokens, timeout=timeout, concurrency=concurrency, max_retries=max_retries,
                        backoff=backoff, max_wait=max_wait, budget_usd=budget_usd, price_in=price_in, price_out=price_out)
-        structured_fields(None, server_kind)   # refuses an unknown kind now, not at the first request
         self.base_url, api_key = resolve_endpoint(base_url, api_key)
-        self.model, self.timeout, self.concurrency, self.max_retries, self.server_kind = model, timeout, concurrency, max_retries, server_kind
+        self.model, self.timeout, self.concurrency, self.max_retries, self.server_kind = model, timeout, concurrency, max_retries, checked_kind(server_kind)
         self.endpoint, self._limit = endpoint or endpoint_name(model, self.base_url), Limit(concurrency, adaptive)
         self.params = {'temperature': temperature, 'top_p': top_p, 'max_tokens': max_tokens, 'response_format': response_format}
         self.backoff, self.max_wait, self.budget_usd, self._sleep = backoff, max_wait, budget_usd, sleep
