@@ -22,8 +22,8 @@ from .validate import extract_objects, normalise, normal_text, words
 from .evaluate import DownstreamModel, ngrams, record_meta
 
 # %% auto #0
-__all__ = ['CURATION', 'META_PATTERNS', 'WH_WORDS', 'REQUEST_VERBS', 'DANGLING', 'RUBRIC', 'JUDGEMENT_SCHEMA', 'POLICIES',
-           'VERDICTS', 'BANDS', 'curation', 'annotate', 'is_kept', 'text_keys', 'record_texts', 'gram_set',
+__all__ = ['CURATION', 'META_PATTERNS', 'WH_WORDS', 'REQUEST_VERBS', 'PREPOSITIONS', 'DANGLING', 'RUBRIC', 'JUDGEMENT_SCHEMA',
+           'POLICIES', 'VERDICTS', 'BANDS', 'curation', 'annotate', 'is_kept', 'text_keys', 'record_texts', 'gram_set',
            'instruction_grams', 'echo_share', 'meta_text', 'label_form', 'cut_off', 'length_outlier', 'Heuristics',
            'labelled_items', 'filter_scores', 'judge_messages', 'json_format', 'read_judgement', 'judged', 'ajudge',
            'shown_options', 'answer_messages', 'read_vote', 'consistency', 'aself_consistency', 'label_index',
@@ -115,12 +115,14 @@ def meta_text(text:str # a text field of a record
 WH_WORDS = ('what', 'which', 'who', 'whom', 'whose', 'where', 'when', 'why', 'how')
 REQUEST_VERBS = ('name', 'list', 'tell', 'explain', 'describe', 'give', 'write', 'create', 'define', 'compare', 'identify',
                  'summarize', 'summarise', 'calculate', 'provide', 'show')
+PREPOSITIONS = ('in', 'on', 'at', 'for', 'by', 'from', 'to', 'of', 'with', 'since', 'during', 'after', 'before', 'until', 'about')
 _EITHER_OR = re.compile(r'\bor (?!not\b)(?:an? |the )?[\w-]+(?: [\w-]+)?\s*\?\s*$', re.IGNORECASE)
 
 def _yes_no_form(question:str) -> str|None:
     "Why `question` has no True/False answer (a wh-question, an either-or question, a request); None when it can have one."
-    first = (words(question) or [''])[0]
-    if first in WH_WORDS and not question.rstrip().endswith(('.', '!')): return 'wh_question'
+    first, second = (words(question) + ['', ''])[:2]
+    wh = first in WH_WORDS or (first in PREPOSITIONS and second in WH_WORDS)   # "What ...", "In what year ..."
+    if wh and not question.rstrip().endswith(('.', '!')): return 'wh_question'
     if _EITHER_OR.search(question): return 'either_or_question'
     return 'request' if first in REQUEST_VERBS else None
 

@@ -66,6 +66,8 @@ def test_meta_text(text, verdict):
 
 @pytest.mark.parametrize('task,rec,verdict', [
     (YN, yn("What is cloud computing?"), 'wh_question'), (YN, yn("How to eat vegan"), 'wh_question'),
+    (YN, yn("In what year was the first human landing on Mars?"), 'wh_question'), (YN, yn("For how long do bears sleep?"), 'wh_question'),
+    (YN, yn("In winter, do bears sleep for months?"), None), (YN, yn("In which country the Nile ends is Egypt."), None),
     (YN, yn("When water freezes, it expands."), None), (YN, yn("is house tax and property tax the same"), None),
     (YN, yn("Is a tomato a fruit or a vegetable?"), 'either_or_question'), (YN, yn("Do you prefer tea or coffee?"), 'either_or_question'),
     (YN, yn("Can cats or dogs see in colour?"), None), (YN, yn("Is it raining or not?"), None),
