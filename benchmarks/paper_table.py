@@ -8,7 +8,9 @@ SIMULATED local server (random well-formed examples, not a model). Train the sma
 dataset's test split (ID) and its partners' test splits (OOD), and print the tables beside the
 paper's published numbers (`../shared/paper/results.json` when present, or --paper FILE). The
 downstream model is a logistic regression on frozen all-MiniLM-L6-v2 sentence vectors (hashed TF-IDF
-when the `embed` extra is missing), not the paper's fine-tuned RoBERTa-large.
+when the `embed` extra is missing), not the paper's fine-tuned RoBERTa-large; per dataset, its features
+are chosen on the dev split (`evaluate.choose_features`: those vectors, or hashed TF-IDF of the whole text
+with balanced classes) and shared by D_L and every created set.
 
 OOD is shown twice: as the paper's table pairs it (one test set per column, named in the paper's
 `test_column_as_printed`; ours is the mean over the models trained on the column's task-type
@@ -29,8 +31,9 @@ cost tables compare with the paper's (the paper's total, and per 1,000 examples)
     .venv/bin/python benchmarks/paper_table.py --created DIR      # evaluate already-created JSONL files
 
 Last line: {"datasets": <int>, "strategies": <int>, "paper_cells": <int>, "dl": {"<task_type>/<dataset>": <accuracy>},
-"chance": {...}}: accuracies as fractions (null where there is no train split), chance = 1/options or the
-test split's majority label, paper_cells = the paper's ID cells printed beside a measured one.
+"chance": {...}, "features": {"<task_type>/<dataset>": <candidate>}}: accuracies as fractions (null where there is no train
+split), chance = 1/options or the test split's majority label, paper_cells = the paper's ID cells printed beside a measured one,
+features = the downstream model's features chosen on the dev split.
 """
 from __future__ import annotations
 import argparse, asyncio, contextlib, json, os, random, sys, time
@@ -42,7 +45,7 @@ import pandas as pd
 from datacreator_nb.task import TaskError, from_benchmark, read_jsonl, preset, pick_example, example_from_record
 from datacreator_nb.sampling import STRATEGIES
 from datacreator_nb.evaluate import (PAPER_DATASETS, ood_partners, evaluate_sets, accuracy_table, drift_table, is_multiple_choice,
-                                     plot_accuracy, plot_cost, plot_drift, plot_rejections, _grouped_bars)
+                                     choose_features, plot_accuracy, plot_cost, plot_drift, plot_rejections, _grouped_bars)
 from matplotlib.figure import Figure
 from datacreator_nb.embed import default_embedder, embedder_name
 from datacreator_nb.create import PROFILES, acreate, profile_of, rounds_path
@@ -210,19 +213,23 @@ def read_tests(args, datasets) -> dict:
     return {f'{tt}/{d}': sample(read_split(args.data/tt/d/'test.jsonl'), args.test_limit, args.seed) for tt, d in datasets}
 
 
-def evaluate_all(args, datasets, runs, tests: dict, pairs: dict) -> pd.DataFrame:
-    "Long results: one row per (dataset, test, train) with kind ID/OOD and accuracy; tests are the task type's and the paper's pairs."
-    rows = []
+def evaluate_all(args, datasets, runs, tests: dict, pairs: dict) -> tuple[pd.DataFrame, dict]:
+    "Long results (one row per (dataset, test, train), kind ID/OOD) and {dataset: `FeatureChoice`}: each dataset's features chosen on its dev split."
+    rows, choices = [], {}
     for tt, d in datasets:
         key = f'{tt}/{d}'
         names = [key] + [f'{tt}/{p}' for p in ood_partners(tt, d)] + [t for t, trained in pairs.values() if key in trained]
         test_sets = {n: tests[n] for n in dict.fromkeys(names) if n in tests}
         human = sample(read_split(args.data/tt/d/'train.jsonl'), args.train_limit, args.seed)
-        res = evaluate_sets({'D_L': human} | {s: runs[tt, d, s]['records'] for s in args.strategies}, test_sets, tt, home=key, seed=args.seed)
+        dev = sample(read_split(args.data/tt/d/'dev.jsonl'), args.test_limit, args.seed)
+        choices[key] = choose_features(human, dev, is_multiple_choice(tt), seed=args.seed)   # D_L and every D_G of the dataset share it
+        res = evaluate_sets({'D_L': human} | {s: runs[tt, d, s]['records'] for s in args.strategies}, test_sets, tt, home=key, seed=args.seed,
+                            model=choices[key].settings)
         if human is None: res.loc[res['train'] == 'D_L', 'note'] = 'no train split in the data'
         rows.append(res)
-        print(f"  evaluated {key}", file=sys.stderr, flush=True)
-    return pd.concat(rows, ignore_index=True)
+        dev_said = ', '.join(f'{n} {a:.1%}' for n, a in choices[key].dev.items()) or 'no dev split or no D_L'
+        print(f"  evaluated {key}: features {choices[key].name} (dev: {dev_said})", file=sys.stderr, flush=True)
+    return pd.concat(rows, ignore_index=True), choices
 
 
 def paired_results(results: pd.DataFrame, pairs: dict) -> pd.DataFrame:
@@ -238,13 +245,14 @@ def paper_column(pairs: dict, dataset: str, test: str):
     return next((col for col, (t, trained) in pairs.items() if t == test and dataset in trained), None)
 
 
-def dl_check(results: pd.DataFrame, paper: dict, chances: dict) -> pd.DataFrame:
-    "Our D_L vs the paper's D_L vs chance, ID, per dataset; `goal`: ours >= chance + 5 points wherever the paper's is."
+def dl_check(results: pd.DataFrame, paper: dict, chances: dict, features: dict) -> pd.DataFrame:
+    "Our D_L vs the paper's D_L vs chance, ID, per dataset, and the features chosen on dev; `goal`: ours >= chance + 5 points wherever the paper's is."
     ours = results[(results['kind'] == 'ID') & (results['train'] == 'D_L')].set_index('dataset')
     t = pd.DataFrame({'n_train': ours['n_train'], 'ours': ours['accuracy'], 'paper': [paper['id'].get(d, {}).get('D_L', float('nan')) for d in ours.index],
                       'chance': [chances[d] for d in ours.index]})
     needed = (t['paper'] >= t['chance'] + 0.05) & (t['n_train'] > 0)
     t['goal'] = [('met' if o >= c + 0.05 else 'MISSED') if n else 'not required' for o, c, n in zip(t['ours'], t['chance'], needed)]
+    t['features'] = [features[d] for d in t.index]
     return t
 
 
@@ -409,15 +417,19 @@ def main(argv=None):
         runs = create_all(args, datasets, new_generator)
     print(f"Creation: {time.perf_counter() - t0:.0f} s wall.", flush=True)
     tests, pairs = read_tests(args, datasets), paper_pairs(paper, datasets)
-    results = evaluate_all(args, datasets, runs, tests, pairs)
+    results, choices = evaluate_all(args, datasets, runs, tests, pairs)
+    features = {k: c.name for k, c in choices.items()}
     print(f"\nDownstream model: logistic regression on frozen {embedder_name(default_embedder())} vectors "
           f"(the paper fine-tunes RoBERTa-large). Test records per dataset: {args.test_limit or 'all'}; D_L records: "
           f"{args.train_limit or 'all'}; created per set: {0 if args.dl_only else size_said(args)}; profile: {args.profile}. Accuracy in %, Δ = (D_G - D_L) / D_L.")
+    print("Features per dataset, chosen on its dev split (sampled like the test split) by D_L's accuracy and shared by D_L and every created set "
+          "('default': the model above; 'tf-idf, balanced': hashed TF-IDF of the whole text, balanced classes): "
+          + ', '.join(f'{k} {v}' for k, v in features.items()))
     print(f"Paper columns: {shown(args.paper)} (accuracy of RoBERTa-large, the paper's D_G made by gpt-3.5-turbo)\n" if paper['id'] else
           f"No paper columns: {shown(args.paper)} not found.\n")
     id_t = print_tables(args, results, runs, paper, pairs)
     chances = {k: chance(k.split('/')[0], recs) for k, recs in tests.items()}
-    check = dl_check(results, paper, chances)
+    check = dl_check(results, paper, chances, features)
     print("D_L check: our D_L vs the paper's vs chance (goal: at least 5 points above chance wherever the paper's is)\n"
           + check.to_string(formatters={c: '{:.1%}'.format for c in ('ours', 'paper', 'chance')}, na_rep='')
           + (f"\n(D_L sampled to at most {args.train_limit} records: the goal is meant for the full training sets)" if args.train_limit else "") + "\n")
@@ -432,7 +444,7 @@ def main(argv=None):
     cells = int(sum(pd.notna(id_t.at[i, c]) and pd.notna(id_t.at[i, f'paper {c}']) for i in id_t.index for c in trained if f'paper {c}' in id_t))
     print(json.dumps({"datasets": len(datasets), "strategies": len(args.strategies), "paper_cells": cells,
                       "dl": {d: None if pd.isna(v) else round(float(v), 4) for d, v in check['ours'].items()},
-                      "chance": {d: round(v, 4) for d, v in chances.items()}}))
+                      "chance": {d: round(v, 4) for d, v in chances.items()}, "features": features}))
 
 
 if __name__ == '__main__':

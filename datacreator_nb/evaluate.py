@@ -25,8 +25,9 @@ __all__ = ['NOT_CONTENT', 'PAPER_DATASETS', 'record_meta', 'record_text', 'ngram
            'comparison_vectors', 'mean_pairwise_similarity', 'seed_distance', 'drift_table', 'drift_by_round',
            'label_counts', 'entropy_bits', 'label_shares', 'length_stats', 'DiversityReport', 'diversity_report',
            'compare_reports', 'is_multiple_choice', 'pair_features', 'NothingToLearn', 'DownstreamModel',
-           'separable_records', 'downstream_eval', 'ood_partners', 'relative_gap', 'accuracy_table', 'plot_accuracy',
-           'plot_drift', 'plot_cost', 'plot_rejections', 'evaluate_sets']
+           'separable_records', 'downstream_eval', 'feature_candidates', 'FeatureChoice', 'choose_features',
+           'ood_partners', 'relative_gap', 'accuracy_table', 'plot_accuracy', 'plot_drift', 'plot_cost',
+           'plot_rejections', 'evaluate_sets']
 
 # %% ../nbs/06_evaluate.ipynb #b874c92a
 NOT_CONTENT = ('label', 'options', '_meta')  # the answer, the choices and the provenance: what a record's text leaves out
@@ -233,10 +234,12 @@ class DownstreamModel:
                  multiple_choice:bool, # score each (question, option) pair instead of classifying the record
                  embedder=None,        # texts -> unit rows (`sampling.Embedder`); default: `embed.default_embedder()`
                  C:float=1.0,          # inverse regularisation strength of the logistic regression
-                 seed:int=0            # the regression's random state
+                 seed:int=0,           # the regression's random state
+                 balanced:bool|None=None # weight classes by the inverse of their frequency; None: for multiple choice only (one correct option in several)
                 ):
         self.mc, self.embedder = multiple_choice, embedder or default_embedder()
-        self.clf = LogisticRegression(C=C, max_iter=2000, random_state=seed, class_weight='balanced' if multiple_choice else None)
+        balanced = multiple_choice if balanced is None else balanced
+        self.clf = LogisticRegression(C=C, max_iter=2000, random_state=seed, class_weight='balanced' if balanced else None)
         self.labels, self.used = None, None   # column order of `proba` for a classifier; sparse columns kept
 
 # %% ../nbs/06_evaluate.ipynb #3f946b6f
@@ -333,16 +336,50 @@ def separable_records(task_type:str, # one of the paper's task types
 def downstream_eval(train_records:list[dict]|None, # the training set (D_L or D_G); None or [] when there is none
                     test_sets:dict,                 # {name: records} to test on
                     task_type:str,                  # the paper's task type of the data
-                    seed:int=0                      # the model's random state
+                    seed:int=0,                     # the model's random state
+                    model:dict=None                 # `DownstreamModel` settings, e.g. `choose_features(...).settings`; default: its defaults
                    ) -> pd.DataFrame:
     "Accuracy on each test set of a downstream model trained on `train_records` (columns test, n_train, n_test, accuracy, note)."
     n = len(train_records or [])
-    model, note = None, 'no training data' if not n else ''
-    try: model = DownstreamModel(is_multiple_choice(task_type), seed=seed).fit(train_records) if n else None
+    model, note, settings = None, 'no training data' if not n else '', model or {}
+    try: model = DownstreamModel(is_multiple_choice(task_type), seed=seed, **settings).fit(train_records) if n else None
     except NothingToLearn as e: note = f'not trained: {e}'   # e.g. a small created set whose answers are all "yes"
     return pd.DataFrame([{'test': name, 'n_train': n, 'n_test': len(recs),
                           'accuracy': model.accuracy(recs) if model else float('nan'), 'note': note}
                          for name, recs in test_sets.items()])
+
+# %% ../nbs/06_evaluate.ipynb #e423781e
+def feature_candidates() -> dict:
+    "The default candidates of `choose_features`, today's model first: {name: `DownstreamModel` settings}."
+    return {'default': {}, 'tf-idf, balanced': dict(embedder=HashingEmbedder(), balanced=True)}
+
+@dataclass
+class FeatureChoice:
+    "The candidate `choose_features` kept, and every candidate's dev accuracy."
+    name:str       # the kept candidate
+    settings:dict = field(repr=False)  # its `DownstreamModel` settings
+    dev:dict       # {candidate: dev accuracy} (empty without a dev split; NaN when a candidate cannot be trained)
+
+@patch
+def _repr_markdown_(self:FeatureChoice) -> str:
+    "The kept candidate, then each candidate's dev accuracy as a markdown table."
+    rows = [f"| {n} | {a:.1%} |" for n, a in self.dev.items()]
+    return f"chosen: **{self.name}**" + ("\n\n| candidate | dev accuracy |\n|---|---|\n" + '\n'.join(rows) if rows else " (no dev split)")
+
+def choose_features(train:list[dict]|None, # training records (e.g. D_L)
+                    dev:list[dict]|None,   # held-out labelled records to score on; None or []: keep the first candidate
+                    multiple_choice:bool,  # score (question, option) pairs, as in `DownstreamModel`
+                    candidates:dict=None,  # {name: `DownstreamModel` settings}; default: `feature_candidates()`
+                    seed:int=0             # the models' random state
+                   ) -> FeatureChoice:
+    "The candidate whose model, trained on `train`, is most accurate on `dev` (ties and no dev split: the first)."
+    candidates = candidates or feature_candidates()
+    dev_acc = {}
+    for name, settings in (candidates.items() if train and dev else []):
+        try: dev_acc[name] = DownstreamModel(multiple_choice, seed=seed, **settings).fit(train).accuracy(dev)
+        except NothingToLearn: dev_acc[name] = float('nan')
+    best = max(candidates, key=lambda n: np.nan_to_num(dev_acc.get(n, -1.0), nan=-1.0))   # max keeps the first of equals
+    return FeatureChoice(best, candidates[best], dev_acc)
 
 # %% ../nbs/06_evaluate.ipynb #428e8a85
 PAPER_DATASETS = {'mcqa_2': ('piqa', 'winogrande'), 'mcqa_5': ('csqa', 'riddle_sense'),
@@ -433,10 +470,11 @@ def evaluate_sets(train_sets:dict,  # {name: training records}, e.g. {'D_L': hum
                   test_sets:dict,   # {name: test records}
                   task_type:str,    # the paper's task type of the data
                   home:str=None,    # the in-distribution test set (the others are OOD); default: the first
-                  seed:int=0        # the models' random state
+                  seed:int=0,       # the models' random state
+                  model:dict=None   # `DownstreamModel` settings shared by every training set (e.g. `choose_features(...).settings`)
                  ) -> pd.DataFrame:
     "Accuracy of a model per training set on every test set (columns of `downstream_eval` plus dataset = `home`, train, kind)."
     home = home or next(iter(test_sets))
-    res = pd.concat([downstream_eval(recs, test_sets, task_type, seed).assign(dataset=home, train=name) for name, recs in train_sets.items()],
+    res = pd.concat([downstream_eval(recs, test_sets, task_type, seed, model).assign(dataset=home, train=name) for name, recs in train_sets.items()],
                     ignore_index=True)
     return res.assign(kind=np.where(res['test'] == home, 'ID', 'OOD'))

@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from datacreator_nb.evaluate import (distinct_n, vocabulary_size, label_shares, label_counts, entropy_bits, drift_by_round,
                                      drift_table, mean_pairwise_similarity, diversity_report, length_stats, DownstreamModel, record_text,
                                      downstream_eval, separable_records, relative_gap, accuracy_table, ood_partners,
-                                     plot_accuracy, plot_drift, plot_cost, plot_rejections, evaluate_sets)
+                                     plot_accuracy, plot_drift, plot_cost, plot_rejections, evaluate_sets, choose_features, FeatureChoice)
 from datacreator_nb.task import TASK_TYPES, read_jsonl, data_path
 from datacreator_nb.sampling import HashingEmbedder, Similar
 from datacreator_nb.evaluate import record_meta, comparison_vectors
@@ -165,6 +165,59 @@ def test_sentence_vectors_learn_a_shipped_mcqa_set_that_tfidf_cannot():
     assert DownstreamModel(True, HashingEmbedder()).fit(train).accuracy(test) <= 0.2
 
 
+MINUTES = "The board met on a rainy day, and the members read the minutes of the last meeting aloud. " * 18
+
+
+def _long_passages(n: int, seed: int) -> list[dict]:
+    "Open-book yes/no records: the same 320-word passage, then one sentence that decides the answer (past MiniLM's 256 word pieces)."
+    rng = np.random.default_rng(seed)
+    return [{"question": "Did the motion pass?", "context": MINUTES + f"In the end the motion was {'carried' if p else 'rejected'}.",
+             "options": ["True", "False"], "label": bool(p)} for p in rng.random(n) < 0.5]
+
+
+def test_balanced_is_an_explicit_choice_and_defaults_to_multiple_choice_only():
+    "Issue 14.3: class weights were tied to the task kind; now they are a setting (None keeps the old default)."
+    weights = lambda mc, b=None: DownstreamModel(mc, HashingEmbedder(), balanced=b).clf.class_weight
+    assert (weights(False), weights(True)) == (None, 'balanced')
+    assert (weights(False, True), weights(True, False)) == ('balanced', None)
+
+
+@minilm
+def test_choose_features_picks_the_sparse_candidate_where_sentence_vectors_cannot_see_the_answer():
+    "Issue 14.3 (BioASQ): the answer sits past the 256 word pieces MiniLM reads; the dev split must pick hashed TF-IDF of the whole text."
+    train, dev = _long_passages(30, 1), _long_passages(16, 2)
+    choice = choose_features(train, dev, multiple_choice=False)
+    assert choice.name == 'tf-idf, balanced' and choice.dev['tf-idf, balanced'] == 1.0 > choice.dev['default']
+    assert isinstance(choice.settings['embedder'], HashingEmbedder) and choice.settings['balanced'] is True
+    assert DownstreamModel(False, **choice.settings).fit(train).accuracy(_long_passages(20, 3)) == 1.0
+    assert 'chosen: **tf-idf, balanced**' in choice._repr_markdown_() and '| default |' in choice._repr_markdown_()
+
+
+def test_choose_features_keeps_the_first_candidate_without_dev_data_or_on_a_tie():
+    train, dev = separable_records('yesno_close', 100, seed=1), separable_records('yesno_close', 40, seed=2)
+    assert choose_features(train, None, False) == FeatureChoice('default', {}, {})
+    assert choose_features(None, dev, False).name == 'default' and choose_features(train, [], False).dev == {}
+    same = {'first': {'embedder': HashingEmbedder()}, 'second': {'embedder': HashingEmbedder()}}
+    tie = choose_features(train, dev, False, candidates=same)
+    assert tie.name == 'first' and tie.dev['first'] == tie.dev['second'] > 0.8
+    starved = {'starved': {'embedder': HashingEmbedder(), 'C': 1e-6}, 'fed': {'embedder': HashingEmbedder()}}   # C ~ 0 learns nothing
+    picked = choose_features(train, dev, False, candidates=starved)
+    assert picked.name == 'fed' and picked.dev['starved'] < picked.dev['fed']
+    one_label = [dict(r, label=True) for r in train]
+    assert choose_features(one_label, dev, False).name == 'default'   # no candidate can be trained: NaN scores, the first kept
+
+
+def test_evaluate_sets_trains_every_set_with_the_given_model_settings():
+    "The harness trains D_L and every created set with the features chosen for the dataset."
+    seen = []
+    class Spy(HashingEmbedder):
+        def embed(self, texts): seen.append(len(texts)); return super().embed(texts)
+    tests = {'home': separable_records('yesno_close', 30, seed=7)}
+    res = evaluate_sets({'D_L': separable_records('yesno_close', 50, seed=1), 'tree': separable_records('yesno_close', 40, seed=2)}, tests,
+                        'yesno_close', model={'embedder': Spy(), 'balanced': True})
+    assert seen == [50, 30, 40, 30] and res['accuracy'].notna().all()   # fit D_L, test it, fit tree, test it: all by the given embedder
+
+
 def test_downstream_eval_rows_and_missing_training_data():
     tests = {'a': separable_records('mcqa_2', 50, seed=5), 'b': separable_records('mcqa_2', 30, seed=6)}
     res = downstream_eval(separable_records('mcqa_2', 200, seed=4), tests, 'mcqa_2')
@@ -252,7 +305,8 @@ def test_paper_table_evaluates_created_files(tmp_path):
     last = json.loads(p.stdout.strip().splitlines()[-1])
     # paper cells beside a measured one: winogrande D_L and tree, piqa tree (piqa has no D_L here; the paper has no naive)
     assert last == {"datasets": 2, "strategies": 2, "paper_cells": 3, "dl": {"mcqa_2/piqa": None, "mcqa_2/winogrande": 1.0},
-                    "chance": {"mcqa_2/piqa": 0.5, "mcqa_2/winogrande": 0.5}}
+                    "chance": {"mcqa_2/piqa": 0.5, "mcqa_2/winogrande": 0.5},
+                    "features": {"mcqa_2/piqa": "default", "mcqa_2/winogrande": "default"}}   # piqa: no D_L; winogrande: a tie on dev
     assert 'no train split in the data' in p.stdout                       # piqa has no train split: said, not crashed
     id_row = next(l for l in p.stdout.splitlines() if l.startswith('mcqa_2/winogrande'))
     assert id_row.split()[2:5] == ['100.0', '100.0', '100.0']             # D_L, naive, tree on separable data
@@ -305,6 +359,23 @@ def test_paper_table_profile_scale_paper_price_and_resume(tmp_path):
     assert _created_sets(again.stdout) == sets and again.stdout.splitlines()[-1] == first.stdout.splitlines()[-1]
     fresh = _run(*args)
     assert fresh.returncode == 0 and 'created mcqa_2/winogrande naive' in fresh.stderr and 'read back' not in fresh.stderr
+
+
+@minilm
+def test_paper_table_trains_d_l_and_created_sets_with_the_features_chosen_on_dev(tmp_path):
+    "Issue 14.3: per dataset, the dev split picks the features; D_L and every created set are trained with them."
+    spec = importlib.util.spec_from_file_location('paper_table', BENCH)
+    bench = importlib.util.module_from_spec(spec); spec.loader.exec_module(bench)
+    ddir = tmp_path/'yesno_open'/'bioasq'
+    ddir.mkdir(parents=True)
+    for k, (split, n) in enumerate({'train': 30, 'dev': 16, 'test': 20}.items()):
+        (ddir/f'{split}.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in _long_passages(n, k + 1)))
+    args = bench.parse(['--data', str(tmp_path), '--strategies', 'tree'])
+    tests = bench.read_tests(args, [('yesno_open', 'bioasq')])
+    runs = {('yesno_open', 'bioasq', 'tree'): {'records': _long_passages(24, 9)}}
+    results, choices = bench.evaluate_all(args, [('yesno_open', 'bioasq')], runs, tests, {})
+    assert choices['yesno_open/bioasq'].name == 'tf-idf, balanced'
+    assert results.set_index('train')['accuracy'].to_dict() == {'D_L': 1.0, 'tree': 1.0}   # MiniLM alone sees one text: chance at best
 
 
 def test_paper_table_resume_reads_back_a_set_that_gave_up(tmp_path):
