@@ -149,8 +149,7 @@ async def propose_values(task:Task,  # the task the values are for
                          tries:int=3 # requests at most, until `n` usable values are kept
                         ) -> list[str]:
     "Up to `n` distinct usable values of attribute `name` for `task`, proposed by the model in one request, or more while too few are usable."
-    kind = getattr(generator, 'server_kind', 'openai')  # structured like the examples: when the generator has a format, or is llama.cpp's
-    structured = (getattr(generator, 'params', None) or {}).get('response_format') or kind != 'openai'
+    structured = (getattr(generator, 'params', None) or {}).get('response_format') or getattr(generator, 'enforces_schema', False)  # like the examples
     fmt, values = values_format(n) if structured else None, []   # the generator sends it in its server's form
     for sample in range(tries):
         reply = await generator.complete(proposal_messages(task, name, n), sample, response_format=fmt)

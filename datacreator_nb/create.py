@@ -589,7 +589,7 @@ def run_options(task:Task,                # what to create
     opts = profile_options(profile, isinstance(strat, Tree), **given)
     check_profile_parts(profile, gen, strat, validator, opts['by_level'], opts['near_dup'])
     check_counts(per_request=opts['per_request'], parallel=opts['parallel'])
-    if opts['structured'] is None: opts['structured'] = gen.server_kind != 'openai'
+    if opts['structured'] is None: opts['structured'] = gen.enforces_schema
     fmt = response_format(task, opts['per_request']) if opts['structured'] else None   # the generator sends it in its server's form
     return strat, opts, fmt, validator or Validator(task, opts['near_dup'], ignore=getattr(conditioner, 'fixed_fields', ()))
 

@@ -341,11 +341,11 @@ def downstream_eval(train_records:list[dict]|None, # the training set (D_L or D_
                    ) -> pd.DataFrame:
     "Accuracy on each test set of a downstream model trained on `train_records` (columns test, n_train, n_test, accuracy, note)."
     n = len(train_records or [])
-    model, note, settings = None, 'no training data' if not n else '', model or {}
-    try: model = DownstreamModel(is_multiple_choice(task_type), seed=seed, **settings).fit(train_records) if n else None
+    fitted, note = None, 'no training data' if not n else ''
+    try: fitted = DownstreamModel(is_multiple_choice(task_type), seed=seed, **(model or {})).fit(train_records) if n else None
     except NothingToLearn as e: note = f'not trained: {e}'   # e.g. a small created set whose answers are all "yes"
     return pd.DataFrame([{'test': name, 'n_train': n, 'n_test': len(recs),
-                          'accuracy': model.accuracy(recs) if model else float('nan'), 'note': note}
+                          'accuracy': fitted.accuracy(recs) if fitted else float('nan'), 'note': note}
                          for name, recs in test_sets.items()])
 
 # %% ../nbs/06_evaluate.ipynb #e423781e

@@ -473,6 +473,11 @@ def pricing(model:str,            # model name at the endpoint
     return prices, Stats(note='' if prices else f'no price known for model `{model}` (genai-prices has none): its cost counts as $0, as for a local model.')
 
 # %% ../nbs/02_generate.ipynb #61fce596
+@patch(as_prop=True)
+def enforces_schema(self:Generator) -> bool:
+    "Whether this generator's server constrains decoding to a schema, so requests send one by default (llama.cpp's kinds)."
+    return self.server_kind != 'openai'
+
 @patch
 def request_params(self:Generator, response_format:dict|None=None # for this request, instead of the generator's (OpenAI's form)
                   ) -> dict:
